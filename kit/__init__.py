@@ -1,0 +1,22 @@
+"""transcoder kit: train transcoders on real language models and read what their latents learned."""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# Lazy attribute access keeps `import kit` cheap (no torch/transformers import until used).
+_EXPORTS = {
+    "load_model": "kit.models",
+    "TranscoderActivationsStore": "kit.store",
+    "Transcoder": "kit.transcoder",
+    "TranscoderConfig": "kit.transcoder",
+    "TopKCollector": "kit.collector",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kit' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
