@@ -64,7 +64,7 @@ def _explain_load_error(name: str, err: Exception) -> Exception:
                             "set the HF_TOKEN environment variable (or a Colab secret named HF_TOKEN) to a read token")
     if any(s in text for s in ("offline", "connect", "resolve", "Network", "couldn't find", "not find")):
         return RuntimeError(f"could not reach or find {name!r} ({text.splitlines()[0][:200]}). Without network, "
-                            "download the model elsewhere, save it with save_pretrained into a folder, and pass that "
+                            "download the model elsewhere, save it with save_pretrained into a local folder, and pass that "
                             "folder's path; or use 'embedded' for the offline SmolLM2-135M default")
     return RuntimeError(f"could not load {name!r}: {text[:300]}")
 

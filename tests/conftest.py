@@ -1,8 +1,5 @@
 """Shared fixtures: the real embedded model (cached safetensors copy) and small real-text sources."""
 import inspect
-import json
-import os
-
 import pytest
 import torch
 
@@ -28,10 +25,17 @@ def embedded():
     return load_model("embedded")
 
 
+STDLIB = {"files": ["os", "shutil", "glob", "fnmatch", "tempfile", "filecmp"],
+          "text": ["textwrap", "string", "difflib", "html", "csv", "shlex"],
+          "data": ["json.decoder", "json.encoder", "heapq", "bisect", "copy", "pprint"],
+          "runtime": ["inspect", "traceback", "warnings", "contextlib", "functools", "abc"]}
+
+
 @pytest.fixture(scope="session")
 def stdlib_texts():
-    """Real human-written text: the source of a few standard-library modules, four 'domains'."""
+    """Real human-written text: 24 standard-library modules' source in four 'domains'."""
+    import importlib
+
     import datasets
-    mods = [os, inspect, json.decoder, json.encoder]
-    texts = [inspect.getsource(m) for m in mods]
-    return datasets.Dataset.from_dict({"text": texts, "dom": ["os", "inspect", "json_dec", "json_enc"]})
+    rows = [(inspect.getsource(importlib.import_module(m)), dom) for dom, mods in STDLIB.items() for m in mods]
+    return datasets.Dataset.from_dict({"text": [r[0] for r in rows], "dom": [r[1] for r in rows]})
