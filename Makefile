@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  `make run` (the main job)  and  `make test` (the whole suite).
+# Each sets up .venv first if needed. On a GPU box or Colab, skip make: `pip install -e .` keeps your torch.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel of torch 2.13.0 is what this kit is tested with; override with `make TORCH=torch` elsewhere.
+TORCH  ?= torch==2.13.0
+PRESET ?= smoke
+
+.PHONY: setup run test bench clean-runs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements-embedded.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps -r requirements-embedded.txt
+	touch $@
+
+run: setup
+	KIT_PRESET=$(PRESET) $(PY) -m kit notebooks --out runs/$(PRESET)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --nbmake tests notebooks
+
+bench: setup
+	$(PY) bench/store.py
+	$(PY) bench/train.py
+	$(PY) bench/collector.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,182 @@
+"""The training loop: one visible `for` loop over batches from any store-like object.
+
+The trainer never touches the language model: anything with `get_batch_with_tokens()`, `state_dict()` and
+`load_state_dict()` feeds it, so it is tested on synthetic tensors as well as on the real store.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from kit import checkpoint
+from kit.loss import auxk_loss, l1_penalty, mse_loss
+from kit.schedule import ScheduleConfig, make_scheduler, sparsity_multiplier
+
+HISTORY_FIELDS = ["step", "tokens", "lr", "loss", "fvu", "l0", "dead_frac", "tokens_per_s"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+
+    steps: int = 1000
+    """Optimizer steps."""
+    lr: float = 3e-4
+    """Peak learning rate (Adam)."""
+    warmup_steps: int | None = None
+    """Linear warmup steps; None means 5% of steps."""
+    decay: str = "cosine"
+    """Decay after warmup: 'cosine', 'linear' or 'constant'."""
+    min_lr_ratio: float = 0.1
+    """The decay's floor as a fraction of lr."""
+    sparsity_coeff: float = 0.0
+    """L1 coefficient (relu) or L0 coefficient (jumprelu); unused by topk, whose k sets sparsity."""
+    sparsity_warmup_steps: int | None = None
+    """Steps over which the sparsity coefficient ramps up from 0; None means 5% of steps."""
+    auxk_coeff: float = 1 / 32
+    """Weight of the AuxK dead-latent loss for topk/batchtopk (Gao et al. 2024 use 1/32)."""
+    k_aux: int = 256
+    """Dead latents AuxK may use per token."""
+    dead_window: int = 1_000_000
+    """A latent that has not fired for this many tokens is dead."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    checkpoint_every: int = 100
+    """Steps between atomic checkpoints."""
+    collect_every: int = 1
+    """Steps between top-k collector updates."""
+    log_every: int = 10
+    """Steps between history rows."""
+
+    def __post_init__(self):
+        if self.steps < 1 or min(self.checkpoint_every, self.collect_every, self.log_every, self.k_aux) < 1:
+            raise ValueError(f"steps, checkpoint_every, collect_every, log_every and k_aux must be >= 1: {self}")
+        if self.dead_window < 1 or self.grad_clip <= 0 or self.sparsity_coeff < 0 or self.auxk_coeff < 0:
+            raise ValueError(f"dead_window and grad_clip must be > 0, coefficients >= 0: {self}")
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(self.steps, self.lr, self.warmup_steps, self.decay, self.min_lr_ratio,
+                              self.sparsity_warmup_steps)
+
+
+class Trainer:
+    """Trains `transcoder` on batches from `store`; checkpoints and history go to `run_dir` when given."""
+
+    def __init__(self, transcoder, store, cfg: TrainConfig, run_dir=None, collector=None, config_dict=None):
+        self.tc, self.store, self.cfg, self.collector = transcoder, store, cfg, collector
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dict = config_dict or {}
+        self.optimizer = torch.optim.Adam(transcoder.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.scheduler = make_scheduler(self.optimizer, cfg.schedule)
+        device = transcoder.W_dec.device
+        self.since_fired = torch.zeros(transcoder.cfg.d_latent, dtype=torch.long, device=device)
+        self.step = 0
+        self.normalize = transcoder.cfg.activation != "relu"  # relu's L1 is weighted by decoder norms instead
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def fit(self, stop_at: int | None = None, progress: bool = True) -> None:
+        """Train until `cfg.steps` (or `stop_at`, which simulates an interruption)."""
+        end = min(self.cfg.steps, stop_at or self.cfg.steps)
+        bar = tqdm(range(self.step, end), initial=self.step, total=self.cfg.steps, disable=not progress,
+                   desc="train")
+        tick, tokens = time.perf_counter(), 0
+        for step in bar:
+            batch = self.store.get_batch_with_tokens()
+            out, y, loss = self.train_step(batch.x_in, batch.y_out, step)
+            if self.collector is not None and step % self.cfg.collect_every == 0:
+                self.collector.update(self._acts_for_collector(out), batch.global_ids.to(y.device), step)
+            self.step, tokens = step + 1, tokens + len(y)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                row = self._log(out, y, loss, tokens / (time.perf_counter() - tick))
+                bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}",
+                                tok_s=f"{row['tokens_per_s']:.0f}")
+                tick, tokens = time.perf_counter(), 0
+            if self.run_dir is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == end):
+                checkpoint.save(self)
+
+    def train_step(self, x, y, step: int):
+        """Forward, loss, backward, clip, optimizer and schedule step; returns `(out, y, loss)`."""
+        x, y = x.to(self.tc.W_dec), y.to(self.tc.W_dec)
+        if step == 0:
+            self.tc.init_b_dec(y)  # start from the mean-ablation baseline
+        out = self.tc(x)
+        loss = self.loss(out, y, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped before the optimizer step, so "
+                                     "no checkpoint holds poisoned weights (lower the lr or check the inputs)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.normalize:
+            self.tc.remove_parallel_grad_()
+        torch.nn.utils.clip_grad_norm_(self.tc.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.normalize:
+            self.tc.normalize_decoder_()
+        self._track_dead(out, len(y))
+        return out, y, loss.detach()
+
+    def resume(self) -> bool:
+        """Load the run folder's latest checkpoint, if any; True when one was loaded."""
+        path = checkpoint.latest(self.run_dir) if self.run_dir is not None else None
+        if path is None:
+            return False
+        checkpoint.load(self, path)
+        return True
+
+    def loss(self, out, y, step: int) -> torch.Tensor:
+        """Reconstruction plus the activation's sparsity or dead-latent term."""
+        loss = mse_loss(out.y_hat, y)
+        act, coeff = self.tc.cfg.activation, self.cfg.sparsity_coeff * sparsity_multiplier(step, self.cfg.schedule)
+        if act == "relu" and coeff > 0:
+            loss = loss + coeff * l1_penalty(out.acts, self.tc.W_dec)
+        elif act == "jumprelu" and coeff > 0:
+            loss = loss + coeff * self.tc.l0_penalty(out.pre_acts)
+        elif act in ("topk", "batchtopk") and self.cfg.auxk_coeff > 0:
+            dead = self.since_fired >= self.cfg.dead_window
+            if dead.any():
+                aux = auxk_loss(out.pre_acts, y - out.y_hat, self.tc.W_dec, dead, self.cfg.k_aux)
+                loss = loss + self.cfg.auxk_coeff * aux
+        return loss
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _track_dead(self, out, n_tokens: int) -> None:
+        fired = (out.acts > 0).any(0)
+        self.since_fired += n_tokens
+        self.since_fired[fired] = 0
+
+    @staticmethod
+    def _acts_for_collector(out):
+        return (out.top_idx, out.top_vals.detach()) if out.top_idx is not None else out.acts.detach()
+
+    @torch.no_grad()
+    def _log(self, out, y, loss, tokens_per_s: float) -> dict:
+        from kit.evaluate import fvu
+        row = {"step": self.step, "tokens": self.step * len(y), "lr": self.scheduler.get_last_lr()[0],
+               "loss": loss.item(), "fvu": fvu(y, out.y_hat).item(),
+               "l0": (out.acts > 0).sum(-1).float().mean().item(),
+               "dead_frac": (self.since_fired >= self.cfg.dead_window).float().mean().item(),
+               "tokens_per_s": tokens_per_s}
+        if self.run_dir is not None:
+            path = self.run_dir / "history.csv"
+            new = not path.exists()
+            with path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, HISTORY_FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        return row
+
+    @property
+    def dead_fraction(self) -> float:
+        """Share of latents that have not fired in the last `dead_window` tokens."""
+        return (self.since_fired >= self.cfg.dead_window).float().mean().item()

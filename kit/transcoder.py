@@ -1,0 +1,346 @@
+"""Transcoder: a wide, sparse latent layer that maps an MLP's input x to that MLP's output y.
+
+Shape suffixes: B batch, D model width (d_in for x, d_out for y), L latents, K active latents.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    d_in: int
+    """Width of the MLP input x."""
+    d_out: int
+    """Width of the MLP output y."""
+    d_latent: int
+    """Number of latents (the dictionary size)."""
+    activation: str = "topk"
+    """One of relu, topk, batchtopk, jumprelu."""
+    k: int | None = None
+    """Active latents per token (batchtopk: on average over the batch); None unless topk/batchtopk."""
+    skip: bool = False
+    """Add a linear skip term x @ W_skip, initialised to zero (skip transcoder, Paulo et al. 2025)."""
+    jumprelu_threshold: float = 0.001
+    """Initial JumpReLU threshold theta (Rajamanoharan et al. 2024 start at 0.001)."""
+    jumprelu_bandwidth: float = 0.001
+    """Width epsilon of the rectangle kernel in JumpReLU's straight-through estimator (paper: 0.001)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16, float16 or float64."""
+
+    def __post_init__(self):
+        for name in ("d_in", "d_out", "d_latent"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation in ("topk", "batchtopk"):
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_latent:
+                raise ValueError(f"activation={self.activation!r} needs k, an int in [1, d_latent="
+                                 f"{self.d_latent}] (active latents per token, e.g. k=32); got k={self.k!r}")
+        elif self.k is not None:
+            raise ValueError(f"k is only used by topk/batchtopk; "
+                             f"set k=None for activation={self.activation!r}")
+        for name in ("jumprelu_threshold", "jumprelu_bandwidth"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TranscoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"unknown TranscoderConfig fields {unknown}; known fields are {sorted(known)}")
+        if missing := sorted({"d_in", "d_out", "d_latent"} - set(d)):
+            raise ValueError(f"TranscoderConfig needs fields {missing}")
+        return cls(**d)
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre * H(pre - theta). Rajamanoharan et al. 2024 ('Jumping Ahead', §4): the pre gradient is the
+    ordinary H(pre - theta); theta gets the pseudo-derivative -(theta/eps) K((pre - theta)/eps)."""
+
+    @staticmethod
+    def forward(ctx, pre_BL, theta_L, bandwidth):
+        ctx.save_for_backward(pre_BL, theta_L)
+        ctx.bandwidth = bandwidth
+        return pre_BL * (pre_BL > theta_L)
+
+    @staticmethod
+    def backward(ctx, grad_BL):
+        pre_BL, theta_L = ctx.saved_tensors
+        eps = ctx.bandwidth
+        kernel_BL = _rectangle((pre_BL - theta_L) / eps)
+        grad_theta = (-(theta_L / eps) * kernel_BL * grad_BL).sum_to_size(theta_L.shape)
+        return grad_BL * (pre_BL > theta_L), grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - theta), for the L0 penalty. Same paper: no gradient to pre, -(1/eps) K(.) to theta."""
+
+    @staticmethod
+    def forward(ctx, pre_BL, theta_L, bandwidth):
+        ctx.save_for_backward(pre_BL, theta_L)
+        ctx.bandwidth = bandwidth
+        return (pre_BL > theta_L).to(pre_BL.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_BL):
+        pre_BL, theta_L = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = (-(1 / eps) * _rectangle((pre_BL - theta_L) / eps) * grad_BL).sum_to_size(theta_L.shape)
+        return torch.zeros_like(pre_BL), grad_theta, None
+
+
+class TranscoderOutput(NamedTuple):
+    y_hat: torch.Tensor
+    """[B, d_out] reconstruction of the MLP output."""
+    acts: torch.Tensor
+    """[B, d_latent] dense latent activations."""
+    top_idx: torch.Tensor | None
+    """[B, k] active latent ids for topk; None otherwise (batchtopk rows hold unequal counts)."""
+    top_vals: torch.Tensor | None
+    """[B, k] their activations for topk; None otherwise."""
+    pre_acts: torch.Tensor
+    """[B, d_latent] encoder output before the activation (AuxK and the JumpReLU L0 need it)."""
+
+
+class Transcoder(nn.Module):
+    def __init__(self, cfg: TranscoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        dt = cfg.torch_dtype
+        # Unit-norm random decoder rows, encoder = decoder transpose: Gao et al. 2024 §A.1 and
+        # Conerly et al. 2024 ('April update'). When d_in != d_out no transpose exists, so the
+        # encoder's latent columns are drawn the same way, independently.
+        W_dec = F.normalize(torch.randn(cfg.d_latent, cfg.d_out), dim=1)
+        if cfg.d_in == cfg.d_out:
+            W_enc = W_dec.T.clone()
+        else:
+            W_enc = F.normalize(torch.randn(cfg.d_in, cfg.d_latent), dim=0)
+        self.W_enc = nn.Parameter(W_enc.to(dt))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_latent, dtype=dt))
+        self.W_dec = nn.Parameter(W_dec.to(dt))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out, dtype=dt))
+        # Zero skip weights make a skip transcoder start as a plain one (Paulo et al. 2025).
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out, dtype=dt)) if cfg.skip else None
+        if cfg.activation == "jumprelu":
+            # theta = exp(log_threshold) keeps the threshold positive (Rajamanoharan et al. 2024).
+            log_theta = math.log(cfg.jumprelu_threshold)
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_latent,), log_theta, dtype=dt))
+        if cfg.activation == "batchtopk":
+            # Global eval-time threshold (Bussmann et al. 2024 §3): a running average of the smallest
+            # activation BatchTopK kept in training; -1 until the first training forward sets it.
+            # float32 even for bf16 weights, whose 8-bit mantissa would swallow the EMA's small steps.
+            self.register_buffer("threshold", torch.tensor(-1.0))
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """[d_latent] JumpReLU thresholds."""
+        return self.log_threshold.exp()
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Dense latent activations acts_BL of the MLP input x_BD."""
+        return self._activate(self._pre_acts(x_BD))[0]
+
+    def decode(self, acts_BL: torch.Tensor, x_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """y_hat_BD from dense acts_BL; a skip transcoder also needs the MLP input x_BD."""
+        return self._add_skip(acts_BL @ self.W_dec + self.b_dec, x_BD)
+
+    def decode_sparse(self, top_idx_BK: torch.Tensor, top_vals_BK: torch.Tensor,
+                      x_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """y_hat_BD from the k active latents per row; only their decoder rows are read."""
+        # embedding_bag sums k rows instead of a [B, L] @ [L, D] matmul: about 2x on CPU (DESIGN.md).
+        weights_BK = top_vals_BK.to(self.W_dec.dtype)
+        y_BD = F.embedding_bag(top_idx_BK, self.W_dec, per_sample_weights=weights_BK, mode="sum")
+        return self._add_skip(y_BD + self.b_dec, x_BD)
+
+    def forward(self, x_BD: torch.Tensor) -> TranscoderOutput:
+        pre_BL = self._pre_acts(x_BD)
+        acts_BL, top_idx_BK, top_vals_BK = self._activate(pre_BL)
+        if top_idx_BK is None:
+            y_hat_BD = self.decode(acts_BL, x_BD)
+        else:
+            y_hat_BD = self.decode_sparse(top_idx_BK, top_vals_BK, x_BD)
+        if self.cfg.activation == "batchtopk" and self.training:
+            self._update_threshold_(acts_BL)
+        return TranscoderOutput(y_hat_BD, acts_BL, top_idx_BK, top_vals_BK, pre_BL)
+
+    def l0_penalty(self, pre_acts_BL: torch.Tensor) -> torch.Tensor:
+        """JumpReLU's L0 per token, averaged over the batch; its gradient reaches log_threshold only."""
+        if self.cfg.activation != "jumprelu":
+            raise ValueError("l0_penalty needs activation='jumprelu', "
+                             f"this transcoder uses {self.cfg.activation!r}")
+        return _Step.apply(pre_acts_BL, self.theta, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+
+    @torch.no_grad()
+    def init_b_dec(self, y_BD: torch.Tensor) -> None:
+        """Set b_dec to the mean target, so training starts from the mean-ablation baseline."""
+        if y_BD.ndim != 2 or y_BD.shape[1] != self.cfg.d_out:
+            raise ValueError(f"init_b_dec expects targets of shape [batch, d_out={self.cfg.d_out}], "
+                             f"got {tuple(y_BD.shape)}")
+        self.b_dec.copy_(y_BD.float().mean(0).to(self.b_dec))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder row to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny))
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Project out of W_dec.grad the part along each decoder row, so an optimizer step does not
+        change the row norms to first order (sparsify; saprmarks/dictionary_learning)."""
+        if self.W_dec.grad is None:
+            raise ValueError("W_dec.grad is None: call remove_parallel_grad_ after backward()")
+        unit_LD = F.normalize(self.W_dec, dim=1)
+        parallel_L1 = (self.W_dec.grad * unit_LD).sum(dim=1, keepdim=True)
+        self.W_dec.grad.sub_(parallel_L1 * unit_LD)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write path/model.safetensors, then path/config.json, each atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+        _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        text = json.dumps(self.cfg.to_dict(), indent=2)
+        _atomic_write(path / "config.json", lambda tmp: tmp.write_text(text))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+             expect: TranscoderConfig | None = None) -> Transcoder:
+        """Read what save wrote; with expect, raise ValueError unless the saved config equals it."""
+        path = Path(path)
+        for name in ("config.json", "model.safetensors"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name} not found; Transcoder.save(path) writes config.json "
+                                        "and model.safetensors into the folder")
+        cfg = TranscoderConfig.from_dict(json.loads((path / "config.json").read_text()))
+        if expect is not None and cfg != expect:
+            diffs = [f"{f.name}: saved {getattr(cfg, f.name)!r}, expected {getattr(expect, f.name)!r}"
+                     for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(expect, f.name)]
+            raise ValueError(f"{path} holds a transcoder with a different config: " + "; ".join(diffs))
+        return cls._from_state(cfg, load_file(str(path / "model.safetensors")), str(path), device)
+
+    @classmethod
+    def from_gemma_scope(cls, npz_path: str | os.PathLike, device: str | torch.device | None = None,
+                         dtype: str = "float32") -> Transcoder:
+        """Load a Gemma Scope JumpReLU transcoder's params.npz (W_enc [d_in, L], W_dec [L, d_out],
+        b_enc, b_dec, threshold; W_skip or Gemma Scope 2's affine_skip_connection [d_in, d_out])."""
+        with np.load(npz_path, allow_pickle=False) as npz:
+            params = {name: npz[name] for name in npz.files}
+        if missing := sorted({"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(params)):
+            raise ValueError(f"{npz_path} lacks Gemma Scope keys {missing}; it has {sorted(params)}")
+        threshold = params.pop("threshold").astype(np.float64)
+        if (threshold < 0).any():
+            raise ValueError(f"{npz_path}: JumpReLU thresholds must be >= 0, found min {threshold.min()}")
+        # log(0) is -inf; the smallest positive float keeps theta > 0 and changes no real activation.
+        params["log_threshold"] = np.log(np.maximum(threshold, np.finfo(np.float32).tiny))
+        skip_key = next((key for key in ("W_skip", "affine_skip_connection") if key in params), None)
+        if skip_key is not None:
+            params["W_skip"] = params.pop(skip_key)
+        if params["W_enc"].ndim != 2 or params["W_dec"].ndim != 2:
+            raise ValueError(f"{npz_path}: W_enc and W_dec must be 2-D, "
+                             f"got {params['W_enc'].shape} and {params['W_dec'].shape}")
+        (d_in, d_latent), d_out = params["W_enc"].shape, params["W_dec"].shape[1]
+        cfg = TranscoderConfig(d_in, d_out, d_latent, activation="jumprelu",
+                               skip=skip_key is not None, dtype=dtype)
+        state = {name: torch.from_numpy(np.ascontiguousarray(a)).to(cfg.torch_dtype)
+                 for name, a in params.items()}
+        return cls._from_state(cfg, state, str(npz_path), device)
+
+    @classmethod
+    def _from_state(cls, cfg, state, source, device) -> Transcoder:
+        with torch.device("meta"):
+            model = cls(cfg)  # meta: skip the random init that the loaded weights replace
+        want = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
+        got = {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
+        if want != got:
+            diffs = [f"{n}: expected {want.get(n, 'absent')}, found {got.get(n, 'absent')}"
+                     for n in sorted(set(want) | set(got)) if want.get(n) != got.get(n)]
+            raise ValueError(f"{source}: weights do not match config {cfg}: " + "; ".join(diffs))
+        model.load_state_dict(state, assign=True)
+        return model if device is None else model.to(device)
+
+    def _pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        if x_BD.ndim != 2 or x_BD.shape[1] != self.cfg.d_in:
+            raise ValueError(f"expected x of shape [batch, d_in={self.cfg.d_in}], got {tuple(x_BD.shape)}; "
+                             "flatten leading dims with x.reshape(-1, d_in)")
+        return torch.addmm(self.b_enc, x_BD, self.W_enc)  # fused bias add: one pass less over [B, L]
+
+    def _activate(self, pre_BL):
+        """(acts_BL, top_idx_BK, top_vals_BK); the last two are None except for topk."""
+        activation = self.cfg.activation
+        if activation == "relu":
+            return F.relu(pre_BL), None, None
+        if activation == "jumprelu":
+            return _JumpReLU.apply(pre_BL, self.theta, self.cfg.jumprelu_bandwidth), None, None
+        if activation == "topk":
+            top_vals_BK, top_idx_BK = pre_BL.topk(self.cfg.k, dim=1, sorted=False)
+            top_vals_BK = F.relu(top_vals_BK)  # ReLU after TopK, as in openai/sparse_autoencoder
+            acts_BL = torch.zeros_like(pre_BL).scatter_(1, top_idx_BK, top_vals_BK)  # in place: no copy
+            return acts_BL, top_idx_BK, top_vals_BK
+        if not self.training and self.threshold >= 0:
+            return pre_BL * (pre_BL > self.threshold), None, None
+        # BatchTopK (Bussmann et al. 2024): the k * B largest pre-activations of the whole batch.
+        vals_N, flat_idx_N = pre_BL.flatten().topk(self.cfg.k * pre_BL.shape[0], sorted=False)
+        acts_N = torch.zeros_like(pre_BL).flatten().scatter_(0, flat_idx_N, F.relu(vals_N))
+        return acts_N.view_as(pre_BL), None, None
+
+    @torch.no_grad()
+    def _update_threshold_(self, acts_BL: torch.Tensor, beta: float = 0.999) -> None:
+        # dictionary_learning's BatchTopK trainer: EMA (beta 0.999) of the smallest positive kept act.
+        # Written with torch.where so that no step waits on a device-to-host copy.
+        low = torch.where(acts_BL > 0, acts_BL, torch.inf).min().to(self.threshold)
+        low = torch.where(torch.isfinite(low), low, self.threshold)
+        ema = beta * self.threshold + (1 - beta) * low
+        self.threshold.copy_(torch.where(self.threshold < 0, low, ema))
+
+    def _add_skip(self, y_hat_BD: torch.Tensor, x_BD: torch.Tensor | None) -> torch.Tensor:
+        if self.W_skip is None:
+            return y_hat_BD
+        if x_BD is None:
+            raise ValueError("this is a skip transcoder (cfg.skip=True): pass x_BD, the MLP input, "
+                             "for its x @ W_skip term")
+        return y_hat_BD + x_BD @ self.W_skip
+
+
+def _atomic_write(dest: Path, write) -> None:
+    """write(tmp) into a temp file beside dest, then os.replace it, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,94 @@
+"""The training loop on synthetic data: learning a planted dictionary, exact resume, failure modes."""
+import csv
+
+import pytest
+import torch
+
+from kit.synthetic import PlantedDictionaryStore
+from kit.trainer import Trainer, TrainConfig
+from kit.transcoder import Transcoder, TranscoderConfig
+
+
+def make(run_dir=None, activation="topk", steps=30, seed=0, **train):
+    torch.manual_seed(seed)
+    tc = Transcoder(TranscoderConfig(d_in=64, d_out=64, d_latent=256, activation=activation,
+                                     k=4 if "topk" in activation else None))
+    cfg = TrainConfig(steps=steps, lr=3e-3, checkpoint_every=8, log_every=4, dead_window=2048, **train)
+    config = {"cfg": cfg.__dict__, "tc": tc.cfg.to_dict()}
+    return Trainer(tc, PlantedDictionaryStore(seed=seed), cfg, run_dir=run_dir, config_dict=config)
+
+
+def test_recovers_planted_atoms():
+    trainer = make(steps=250)
+    trainer.fit(progress=False)
+    B = trainer.store.B
+    cos = torch.nn.functional.normalize(trainer.tc.W_dec.detach(), dim=1) @ B.T  # [latents, atoms]
+    recovered = (cos.max(0).values > 0.9).float().mean().item()
+    assert recovered > 0.8, f"only {recovered:.0%} of planted atoms recovered with cosine > 0.9"
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, activation):
+    extra = {"sparsity_coeff": 1e-3} if activation == "relu" else {}
+    full = make(tmp_path / "full", activation, **extra)
+    full.fit(progress=False)
+    first = make(tmp_path / "cut", activation, **extra)
+    first.fit(stop_at=21, progress=False)  # "killed" after step 21; the last checkpoint is at 21
+    (tmp_path / "cut" / "checkpoints" / "step_0000021").rename(tmp_path / "cut" / "checkpoints" / "gone")
+    (tmp_path / "cut" / "checkpoints" / "latest").write_text("step_0000016")  # as if killed before saving 21
+    resumed = make(tmp_path / "cut", activation, seed=0, **extra)
+    assert resumed.resume() and resumed.step == 16
+    resumed.fit(progress=False)
+    for name, p in full.tc.state_dict().items():
+        assert torch.equal(p, resumed.tc.state_dict()[name]), f"{name} differs after resume"
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "cut" / "history.csv"))]
+    assert steps == sorted(set(steps)), "history has duplicated steps after the resume"
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    make(tmp_path, steps=8).fit(progress=False)
+    other = make(tmp_path, steps=8, grad_clip=0.5)
+    with pytest.raises(ValueError, match="grad_clip"):
+        other.resume()
+
+
+def test_nan_loss_names_the_step_and_saves_nothing_poisoned(tmp_path):
+    trainer = make(tmp_path, steps=20)
+    trainer.fit(stop_at=8, progress=False)
+    saved = {k: v.clone() for k, v in trainer.tc.state_dict().items()}
+    trainer.store.A[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="at step 8"):
+        trainer.fit(progress=False)
+    reloaded = make(tmp_path, steps=20)
+    assert reloaded.resume() and reloaded.step == 8
+    for k, v in reloaded.tc.state_dict().items():
+        assert torch.equal(v, saved[k])
+
+
+def test_checkpoints_are_pruned_and_atomic(tmp_path):
+    make(tmp_path, steps=30).fit(progress=False)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step_0000024", "step_0000030"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_auxk_revives_dead_latents():
+    """Three quarters of the latents start out-competed (tiny encoder columns): without AuxK they never win a
+    top-k slot, so they get no gradient and stay dead; AuxK trains them on the residual until they fire."""
+    runs = {}
+    for coeff in (1 / 32, 0.0):
+        trainer = make(steps=100, auxk_coeff=coeff)
+        with torch.no_grad():
+            trainer.tc.W_enc[:, :192] *= 0.05
+        trainer.fit(progress=False)
+        runs[coeff] = trainer.dead_fraction
+    assert runs[0.0] > 0.6, runs
+    assert runs[1 / 32] < runs[0.0] - 0.15, runs
+
+
+def test_history_columns(tmp_path):
+    make(tmp_path, steps=8).fit(progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [int(r["step"]) for r in rows] == [4, 8]
+    assert set(rows[0]) == {"step", "tokens", "lr", "loss", "fvu", "l0", "dead_frac", "tokens_per_s"}
+    assert float(rows[0]["l0"]) <= 4
