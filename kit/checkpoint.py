@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from kit import distributed
+
 KEEP = 2
 
 
@@ -35,12 +37,29 @@ def _unflatten(prefix: str, tensors: dict) -> dict:
     return tree
 
 
-def save(trainer) -> Path:
-    """Write `checkpoints/step_N/` into a temporary folder, then rename it into place, then point `latest` at it."""
+def save(trainer) -> Path | None:
+    """Write `checkpoints/step_N/` into a temporary folder, then rename it into place, then point `latest` at it.
+
+    Under torchrun every rank calls this: the ranks' collectors are merged and their store positions gathered,
+    and rank 0 writes.
+    """
+    from kit.collector import merge_distributed
+    stores = distributed.gather_objects(trainer.store.state_dict())
+    if trainer.collector is not None:
+        merge_distributed(trainer.collector)
+    if distributed.rank_world()[0] != 0:
+        distributed.barrier()
+        return None
+    path = _write(trainer, stores)
+    distributed.barrier()
+    return path
+
+
+def _write(trainer, stores: list) -> Path:
     root = trainer.run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{trainer.step:07d}"
-    tensors = {"since_fired": trainer.since_fired.cpu(), "rng.cpu": torch.get_rng_state()}
+    tensors = {"since_fired": trainer.since_fired.cpu(), "rng.cpu": torch.get_rng_state(), "scales": trainer.scales}
     _flatten("transcoder", trainer.tc.state_dict(), tensors)
     opt = trainer.optimizer.state_dict()
     _flatten("optimizer", {str(k): v for k, v in opt["state"].items()}, tensors)
@@ -50,7 +69,7 @@ def save(trainer) -> Path:
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
     meta = {"step": trainer.step, "scheduler": trainer.scheduler.state_dict(), "param_groups": opt["param_groups"],
-            "store": trainer.store.state_dict(), "config": trainer.config_dict}
+            "store": stores, "config": trainer.config_dict}
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -91,6 +110,7 @@ def load(trainer, path: Path) -> None:
     trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     trainer.scheduler.load_state_dict(meta["scheduler"])
     trainer.since_fired.copy_(tensors["since_fired"])
+    trainer.scales = tensors["scales"].cpu()
     torch.set_rng_state(tensors["rng.cpu"].cpu())
     if torch.cuda.is_available():
         states = [tensors[k].cpu() for k in sorted(tensors) if k.startswith("rng.cuda.")]
@@ -98,9 +118,13 @@ def load(trainer, path: Path) -> None:
             torch.cuda.set_rng_state_all(states)
     if trainer.collector is not None:
         trainer.collector.load_state_dict(_unflatten("collector", tensors))
-    trainer.store.load_state_dict(meta["store"])
+    rank, world = distributed.rank_world()
+    if len(meta["store"]) != world:
+        raise ValueError(f"checkpoint {path} was written by {len(meta['store'])} ranks; resume with as many "
+                         f"(now {world})")
+    trainer.store.load_state_dict(meta["store"][rank])
     trainer.step = meta["step"]
-    if trainer.run_dir is not None:
+    if trainer.run_dir is not None and rank == 0:
         _truncate_history(trainer.run_dir / "history.csv", trainer.step)
 
 

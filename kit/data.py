@@ -82,8 +82,8 @@ def iter_contexts(records: Iterable[dict], tokenizer, ctx_len: int, text_field: 
                   domain_field: str | None = None, min_tokens: int = 8) -> Iterator[Context]:
     """Cut each document into contexts of `ctx_len` tokens: BOS first, no BOS inside, padding at the end.
 
-    A record may carry pre-tokenized `input_ids` (no BOS) and a `doc_id`; otherwise its text is tokenized and its
-    index in the stream is its document id. Pieces shorter than `min_tokens` are dropped.
+    A record may carry pre-tokenized `input_ids` (no BOS), a `doc_id` and a `chunk_start`; otherwise its text is
+    tokenized and its index in the stream is its document id. Pieces shorter than `min_tokens` are dropped.
     """
     bos = tokenizer.bos_token_id
     if bos is None:
@@ -100,12 +100,13 @@ def iter_contexts(records: Iterable[dict], tokenizer, ctx_len: int, text_field: 
         ids = [t for t in ids if t != bos]  # no BOS in the middle of a context
         domain = str(_get(record, domain_field)) if domain_field else str(record.get("domain", ""))
         doc_id = int(record.get("doc_id", index))
+        offset = int(record.get("chunk_start", 0))  # pre-cut chunks say where in their document they start
         for start in range(0, len(ids), span):
             piece = ids[start:start + span]
             if len(piece) < min_tokens:
                 continue
             tokens = (bos, *piece) + (pad,) * (span - len(piece))
-            yield Context(tokens, len(piece) + 1, doc_id, start, domain)
+            yield Context(tokens, len(piece) + 1, doc_id, offset + start, domain)
 
 
 def take_contexts(contexts: Iterator[Context], n: int) -> list[Context]:

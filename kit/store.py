@@ -93,7 +93,8 @@ class TranscoderActivationsStore:
     takes or "embedded" for the kit's multi-domain corpus. Options are `StoreConfig` fields.
     """
 
-    def __init__(self, model, source, layer: int, tokenizer=None, config: StoreConfig | None = None, **options):
+    def __init__(self, model, source, layer: int, tokenizer=None, config: StoreConfig | None = None,
+                 shard: tuple[int, int] = (0, 1), **options):
         if isinstance(model, str):
             from kit.models import load_model
             model, tokenizer = load_model(model)
@@ -101,6 +102,9 @@ class TranscoderActivationsStore:
             raise ValueError("pass the model's tokenizer: TranscoderActivationsStore(model, source, layer, tokenizer=tok)")
         self.config = config or StoreConfig(**options)
         self.model, self.tokenizer, self.layer = model, tokenizer, layer
+        self.rank, self.world = shard  # torchrun: this rank trains on every world-th context of the stream
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"shard {shard} must be (rank, world_size) with 0 <= rank < world_size")
         self.hooks = hook_points(model, layer)
         from nnsight import NNsight
         self._nn = NNsight(model)
@@ -119,9 +123,13 @@ class TranscoderActivationsStore:
 
     def _open(self, source):
         self._embedded = isinstance(source, str) and source == EMBEDDED
+        self.source_name = source if isinstance(source, str) else type(source).__name__
+        self.doc_sources: dict[int, str] = {}
         if self._embedded:
             from kit.corpus import embedded_chunks
-            return embedded_chunks(self.tokenizer, self.config.ctx_len - 1, seed=self.config.seed)
+            chunks = embedded_chunks(self.tokenizer, self.config.ctx_len - 1, seed=self.config.seed)
+            self.doc_sources = dict(zip(chunks["doc_id"], chunks["source"]))  # for attribution notices
+            return chunks
         return open_source(source, self.config.text_field, self.config.domain_field)
 
     # ---- the context table -------------------------------------------------------------------------------
@@ -152,6 +160,11 @@ class TranscoderActivationsStore:
             gen = torch.Generator().manual_seed(self.config.seed * 7_919 + block)
             self._perms = {(block, size): torch.randperm(size, generator=gen).tolist()}
         return h + block * self.config.shuffle_contexts + self._perms[(block, size)][offset]
+
+    def seen_contexts(self) -> set[int]:
+        """Table indices of every context the refills so far have trained on, across all ranks."""
+        n = (self._refill + 1) * self.config.refill_contexts * self.world
+        return {self._train_context(j) for j in range(n)}
 
     @property
     def holdout_indices(self) -> list[int]:
@@ -185,7 +198,7 @@ class TranscoderActivationsStore:
 
     def _load_refill(self, r: int) -> None:
         c = self.config.refill_contexts
-        idx = [self._train_context(j) for j in range(r * c, (r + 1) * c)]
+        idx = [self._train_context(j * self.world + self.rank) for j in range(r * c, (r + 1) * c)]
         x, y, mask = self.activations_for_contexts(idx)
         ctx = torch.tensor(idx)[:, None].expand_as(mask)
         pos = torch.arange(mask.shape[1])[None, :].expand_as(mask)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kit import checkpoint
+from kit import checkpoint, distributed
 from kit.loss import auxk_loss, l1_penalty, mse_loss
 from kit.schedule import ScheduleConfig, make_scheduler, sparsity_multiplier
 
@@ -79,6 +79,10 @@ class Trainer:
         device = transcoder.W_dec.device
         self.since_fired = torch.zeros(transcoder.cfg.d_latent, dtype=torch.long, device=device)
         self.step = 0
+        # Inputs and targets are scaled so that their mean norm is sqrt(width) (as SAELens and sparsify do):
+        # SmolLM2's layer-8 MLP output is ~10x larger than its input, and unscaled the encoder needs hundreds
+        # of Adam steps just to grow. `export()` folds the scales back into the weights.
+        self.scales = torch.zeros(2, dtype=torch.float64)
         self.normalize = transcoder.cfg.activation != "relu"  # relu's L1 is weighted by decoder norms instead
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -100,11 +104,17 @@ class Trainer:
                                 tok_s=f"{row['tokens_per_s']:.0f}")
                 tick, tokens = time.perf_counter(), 0
             if self.run_dir is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == end):
+                # a collective under torchrun: every rank calls it, rank 0 writes
                 checkpoint.save(self)
 
     def train_step(self, x, y, step: int):
         """Forward, loss, backward, clip, optimizer and schedule step; returns `(out, y, loss)`."""
         x, y = x.to(self.tc.W_dec), y.to(self.tc.W_dec)
+        if step == 0:
+            self.scales = torch.tensor([x.shape[1] ** 0.5 / x.norm(dim=1).mean().item(),
+                                        y.shape[1] ** 0.5 / y.norm(dim=1).mean().item()], dtype=torch.float64)
+            self.scales = distributed.mean_across_ranks(self.scales.to(y.device)).cpu()
+        x, y = x * float(self.scales[0]), y * float(self.scales[1])
         if step == 0:
             self.tc.init_b_dec(y)  # start from the mean-ablation baseline
         out = self.tc(x)
@@ -114,6 +124,7 @@ class Trainer:
                                      "no checkpoint holds poisoned weights (lower the lr or check the inputs)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.tc.parameters())
         if self.normalize:
             self.tc.remove_parallel_grad_()
         torch.nn.utils.clip_grad_norm_(self.tc.parameters(), self.cfg.grad_clip)
@@ -123,6 +134,13 @@ class Trainer:
             self.tc.normalize_decoder_()
         self._track_dead(out, len(y))
         return out, y, loss.detach()
+
+    def export(self):
+        """A copy of the transcoder for raw (unscaled) activations: scales folded into the weights."""
+        import copy
+        tc = copy.deepcopy(self.tc)
+        tc.fold_scales_(float(self.scales[0]), float(self.scales[1]))
+        return tc
 
     def resume(self) -> bool:
         """Load the run folder's latest checkpoint, if any; True when one was loaded."""
@@ -150,8 +168,8 @@ class Trainer:
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _track_dead(self, out, n_tokens: int) -> None:
-        fired = (out.acts > 0).any(0)
-        self.since_fired += n_tokens
+        fired = distributed.any_rank((out.acts > 0).any(0))
+        self.since_fired += n_tokens * distributed.rank_world()[1]
         self.since_fired[fired] = 0
 
     @staticmethod
@@ -166,7 +184,7 @@ class Trainer:
                "l0": (out.acts > 0).sum(-1).float().mean().item(),
                "dead_frac": (self.since_fired >= self.cfg.dead_window).float().mean().item(),
                "tokens_per_s": tokens_per_s}
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.rank_world()[0] == 0:
             path = self.run_dir / "history.csv"
             new = not path.exists()
             with path.open("a", newline="") as f:

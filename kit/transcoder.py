@@ -212,6 +212,19 @@ class Transcoder(nn.Module):
         self.b_dec.copy_(y_BD.float().mean(0).to(self.b_dec))
 
     @torch.no_grad()
+    def fold_scales_(self, x_scale: float, y_scale: float) -> None:
+        """Absorb input/target scalings into the weights: a transcoder trained on (x * x_scale, y * y_scale)
+        becomes one for raw (x, y) with identical latent activations (TopK, ReLU, JumpReLU are unchanged by
+        the input scale folded into W_enc; the output scale divides the decoder)."""
+        if not (x_scale > 0 and y_scale > 0):
+            raise ValueError(f"scales must be positive, got x_scale={x_scale}, y_scale={y_scale}")
+        self.W_enc.mul_(x_scale)
+        self.W_dec.div_(y_scale)
+        self.b_dec.div_(y_scale)
+        if self.W_skip is not None:
+            self.W_skip.mul_(x_scale / y_scale)
+
+    @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny))

@@ -1,0 +1,74 @@
+"""Command line: `python -m kit train|report|notebooks` (and `torchrun ... -m kit train` on several GPUs)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TRAIN_HELP = """Train a transcoder and write its run folder (config.json, transcoder/, checkpoints/, history.csv,
+samples.parquet, latents.csv, metrics.json, report.md, report.html).
+
+presets:
+  smoke          embedded SmolLM2-135M, layer 8, 4,608 TopK latents, ~160k tokens: a few minutes on 2 cores
+  cpu            embedded SmolLM2-135M, layer 8, 9,216 TopK latents, ~3.3M tokens: under an hour on 2 cores
+  gemma-2-2b-l8  google/gemma-2-2b (gated: set HF_TOKEN), layer 8, 16,384 TopK latents, bf16, 246M tokens (GPU)
+
+examples:
+  python -m kit train --preset smoke --out runs/smoke
+  python -m kit train --preset smoke --out runs/smoke --resume          # continue after a kill
+  python -m kit train --preset cpu --set train.steps=400 --set latents.k=64
+  torchrun --nproc_per_node 8 -m kit train --preset gemma-2-2b-l8 --out runs/gemma
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kit", description="transcoder kit")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a transcoder", description=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--preset", default="smoke", help="preset name: smoke, cpu or gemma-2-2b-l8 (default smoke)")
+    t.add_argument("--out", type=Path, help="run folder (default runs/<preset>)")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field, e.g. train.steps=100, store.batch_size=2048, model=gpt2; "
+                        "sections: latents, store, train, collector (repeatable)")
+    t.add_argument("--device", help="torch device (default: this rank's CUDA device, else cpu)")
+    t.add_argument("--no-report", action="store_true", help="skip report.md/report.html")
+    t.add_argument("--show-config", action="store_true", help="print the resolved config as JSON and exit")
+    r = sub.add_parser("report", help="rebuild report.md and report.html of a finished run")
+    r.add_argument("run_dir", type=Path)
+    n = sub.add_parser("notebooks", help="execute the notebooks top to bottom, saving executed copies")
+    n.add_argument("--out", type=Path, default=Path("runs/smoke"), help="where executed notebooks go")
+    n.add_argument("names", nargs="*", help="notebook stems (default: all in notebooks/)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        _train(args)
+    elif args.command == "report":
+        from kit.report import write_report
+        md, html = write_report(args.run_dir)
+        print(f"wrote {md} and {html}")
+    else:
+        from kit.notebooks import run_notebooks
+        run_notebooks(args.names, args.out)
+
+
+def _train(args) -> None:
+    from kit import distributed
+    from kit.presets import get_preset, run_dir
+    config = get_preset(args.preset).override(args.set)
+    if args.show_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    distributed.init_from_env()
+    from kit.run import train_run
+    out = args.out or run_dir(config.name)
+    metrics = train_run(config, out, resume=args.resume, device=args.device, report=not args.no_report)
+    if metrics is not None:
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(json.dumps(shown, indent=1))
+        print(f"run folder: {out}", file=sys.stderr)

@@ -1,0 +1,335 @@
+"""TopKCollector: while a transcoder trains, keep for every latent the contexts that activate it most.
+
+The state is a `[n_latents, k]` tensor triple (value, global id, step) on the training device, sorted per latent
+by (value desc, global id asc): equal values go to the lower global id. An update turns a batch into candidates
+(each latent's maximum within each context of the batch), merges those with what is held (a context counts once
+per latent and keeps its maximum) and re-ranks only the latents that changed. Everything is vectorized.
+
+Global ids follow the store: global_id = context_index * ctx_len + position, position 0 being BOS.
+Shape suffixes: B batch rows, L latents, K slots (or active latents per token), N entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from kit.intervals import (IntervalSampler, best_per_context, context_key, desc_value, held_entries, pair_groups,
+                           rank_in_groups)
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What the collector keeps. How often the trainer calls `update` is the trainer's setting."""
+
+    ctx_len: int
+    """Tokens per context, BOS included: global_id = context_index * ctx_len + position."""
+    k: int = 16
+    """Top contexts kept per latent."""
+    threshold: float = 0.0
+    """Activations at or below this are never collected (NaN never is either)."""
+    n_intervals: int = 5
+    """Equal bins of activation / running max for interval samples; 0 turns interval samples off."""
+    per_interval: int = 2
+    """Interval samples kept per bin."""
+    seed: int = 0
+    """Seed of the context keys that pick the interval samples."""
+    window_before: int = 32
+    """Tokens before the top token in a sample's window (used when the samples get their provenance)."""
+    window_after: int = 8
+    """Tokens after the top token in a sample's window."""
+
+    def __post_init__(self):
+        ints = {n: getattr(self, n) for n in ("ctx_len", "k", "n_intervals", "per_interval", "seed",
+                                              "window_before", "window_after")}
+        if bad := {n: v for n, v in ints.items() if isinstance(v, bool) or not isinstance(v, int)}:
+            raise ValueError(f"these CollectorConfig fields must be ints: {bad}")
+        if self.ctx_len < 2 or self.k < 1 or self.per_interval < 1:
+            raise ValueError(f"need ctx_len >= 2 (position 0 is BOS), k >= 1 and per_interval >= 1; got "
+                             f"ctx_len={self.ctx_len}, k={self.k}, per_interval={self.per_interval}")
+        if min(self.n_intervals, self.seed, self.window_before, self.window_after) < 0:
+            raise ValueError("n_intervals, seed, window_before and window_after must be >= 0")
+        if not 0 <= self.threshold < float("inf"):
+            raise ValueError(f"threshold must be a finite value >= 0 (intervals are bins between 0 and the "
+                             f"max), got {self.threshold!r}")
+
+
+class TopKCollector:
+    """Top-k contexts per latent plus interval samples, from `update(acts, global_ids_B, step)` calls."""
+
+    def __init__(self, n_latents: int, config: CollectorConfig, device="cpu"):
+        if isinstance(n_latents, bool) or not isinstance(n_latents, int) or n_latents < 1:
+            raise ValueError(f"n_latents must be a positive int, got {n_latents!r}")
+        self.n_latents, self.config, self.device = n_latents, config, torch.device(device)
+        shape = (n_latents, config.k)
+        self.top_vals = torch.full(shape, -torch.inf, device=self.device)
+        self.top_gids = torch.full(shape, -1, dtype=torch.long, device=self.device)
+        self.top_steps = torch.full(shape, -1, dtype=torch.long, device=self.device)
+        self.intervals = IntervalSampler(n_latents, config.n_intervals, config.per_interval, config.ctx_len,
+                                         config.seed, self.device) if config.n_intervals else None
+
+    # ---- collecting ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, acts, global_ids_B: torch.Tensor, step: int) -> None:
+        """Offer one batch: `acts` is `acts_BL` (dense) or `(top_idx_BK, top_vals_BK)` (TopK, never densified)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        sparse = self._check_acts(acts)
+        gid_B = self._check_ids(global_ids_B, acts)
+        if len(gid_B) == 0:
+            return
+        ctx_C, ctx_B = torch.unique(gid_B // self.config.ctx_len, return_inverse=True)
+        old_max_L = self.top_vals[:, 0]
+        max_L = torch.fmax(old_max_L, self._batch_max(acts, sparse))
+        changed_L = max_L > old_max_L
+        # a token matters only if value >= vmin (below the k-th held value it never enters) or key >= kmin
+        vmin_L, key_B, kmin_L = self.top_vals[:, -1], None, None
+        if self.intervals is not None:
+            interval_vmin_L, kmin_L = self.intervals.token_filter(max_L, changed_L)
+            vmin_L, key_B = torch.minimum(vmin_L, interval_vmin_L), context_key(ctx_C, self.config.seed)[ctx_B]
+        b_N, l_N, v_N = (self._sparse_entries if sparse else self._dense_entries)(acts, vmin_L, key_B, kmin_L)
+        # each latent's best token in each context of the batch: max value, then lowest global id
+        order, rank = rank_in_groups(pair_groups(l_N, ctx_B[b_N]), desc_value(v_N), gid_B[b_N])
+        best = order[rank == 0]
+        l_N, v_N, gid_N = l_N[best], v_N[best], gid_B[b_N[best]]
+        self._merge_top(l_N, v_N, gid_N, step)
+        if self.intervals is not None:
+            self.intervals.update(l_N, v_N, gid_N, max_L, changed_L, step)
+
+    def _batch_max(self, acts, sparse: bool) -> torch.Tensor:
+        """[L] float32 maximum of each latent in the batch, -inf where nothing is above the threshold."""
+        if sparse:
+            idx_BK, vals_BK = acts
+            max_L = torch.full((self.n_latents,), -torch.inf, device=self.device).scatter_reduce(
+                0, idx_BK.to(self.device).flatten().long(), vals_BK.flatten().float(), "amax")
+        else:
+            max_L = acts.amax(0).float()
+        return torch.where(max_L > self.config.threshold, max_L, -torch.inf)
+
+    def _sparse_entries(self, acts, vmin_L, key_B, kmin_L):
+        """`(b_N, l_N, v_N)`: row, latent and float32 value of the (top_idx_BK, top_vals_BK) entries that pass."""
+        idx_BK, vals_BK = acts
+        idx_BK = idx_BK.to(self.device).long()
+        v_BK = vals_BK.float()
+        keep_BK = v_BK >= vmin_L[idx_BK]
+        if kmin_L is not None:
+            keep_BK |= key_B[:, None] >= kmin_L[idx_BK]
+        flat = (keep_BK & (v_BK > self.config.threshold)).flatten().nonzero()[:, 0]
+        return flat // idx_BK.shape[1], idx_BK.flatten()[flat], v_BK.flatten()[flat]
+
+    def _dense_entries(self, acts_BL, vmin_L, key_B, kmin_L):
+        """`(b_N, l_N, v_N)` of the dense entries that pass, in about one pass over [B, L]."""
+        thr = torch.tensor(self.config.threshold, dtype=torch.float32, device=self.device)
+        above = torch.nextafter(thr, torch.tensor(torch.inf, device=self.device))  # v > thr <=> v >= above
+        vmin_L = vmin_L.clamp(min=above)
+        if kmin_L is not None:
+            # Only rows whose key is in the batch's top sixteenth get a second look by key. Latents whose key
+            # bar is below those rows' keys take every token above the threshold instead (a superset: exact).
+            cut = key_B.kthvalue(len(key_B) - len(key_B) // 16).values
+            rows_R = (key_B >= cut).nonzero()[:, 0]
+            vmin_L = torch.where(kmin_L < cut, above, vmin_L)
+        mask_BL = acts_BL >= vmin_L  # a float32 [L] bar promotes bf16 acts, so both paths compare in float32
+        if kmin_L is not None:
+            by_key_RL = (acts_BL[rows_R].float() > thr) & (key_B[rows_R, None] >= kmin_L)
+            mask_BL[rows_R] |= by_key_RL
+        flat = mask_BL.reshape(-1).nonzero()[:, 0]
+        L = self.n_latents
+        return flat // L, flat % L, acts_BL.reshape(-1)[flat].float()
+
+    def _check_acts(self, acts) -> bool:
+        """Validate `acts`; True for the sparse (top_idx_BK, top_vals_BK) pair."""
+        L = self.n_latents
+        if isinstance(acts, (tuple, list)):
+            if len(acts) != 2:
+                raise ValueError("sparse acts must be the pair (top_idx_BK, top_vals_BK)")
+            idx_BK, vals_BK = acts
+            if idx_BK.shape != vals_BK.shape or idx_BK.dim() != 2 or idx_BK.is_floating_point():
+                raise ValueError(f"need integer top_idx_BK and top_vals_BK of one [B, K] shape, got "
+                                 f"{tuple(idx_BK.shape)} {idx_BK.dtype} and {tuple(vals_BK.shape)}")
+            if idx_BK.numel() and not 0 <= int(idx_BK.min()) <= int(idx_BK.max()) < L:
+                raise ValueError(f"top_idx_BK holds latent ids outside [0, {L})")
+            self._check_device(vals_BK)
+            return True
+        if acts.dim() != 2 or acts.shape[1] != L or not acts.is_floating_point():
+            raise ValueError(f"dense acts must be a float [B, n_latents={L}] tensor, got {tuple(acts.shape)} {acts.dtype}")
+        self._check_device(acts)
+        return False
+
+    def _check_device(self, t: torch.Tensor) -> None:
+        if t.device != self.device:
+            raise ValueError(f"activations are on {t.device} but the collector is on {self.device}: "
+                             f"create it with device={str(t.device)!r}")
+
+    def _check_ids(self, global_ids_B, acts) -> torch.Tensor:
+        rows = (acts[0] if isinstance(acts, (tuple, list)) else acts).shape[0]
+        gid_B = torch.as_tensor(global_ids_B).to(self.device)
+        if gid_B.shape != (rows,) or gid_B.is_floating_point() or gid_B.dtype == torch.bool:
+            raise ValueError(f"global_ids_B must be integers of shape [{rows}] (one per row), got "
+                             f"{tuple(gid_B.shape)} {gid_B.dtype}")
+        gid_B = gid_B.long()
+        if rows and (int(gid_B.min()) < 0 or bool((gid_B % self.config.ctx_len == 0).any())):
+            raise ValueError("global ids must be >= 0 and never at position 0 (BOS is never collected)")
+        return gid_B
+
+    def _merge_top(self, l_N, v_N, gid_N, step: int) -> None:
+        """Merge per-context candidates (one per latent and context) into the held top-k."""
+        kv, kg = self.top_vals[l_N, -1], self.top_gids[l_N, -1]
+        ok = (v_N > kv) | ((v_N == kv) & (gid_N < kg))
+        l_N, v_N, gid_N = l_N[ok], v_N[ok], gid_N[ok]
+        match_NK = self.top_gids[l_N] // self.config.ctx_len == (gid_N // self.config.ctx_len)[:, None]
+        hit, slot = match_NK.any(1), match_NK.long().argmax(1)
+        hv, hg = self.top_vals[l_N, slot], self.top_gids[l_N, slot]
+        better = (v_N > hv) | ((v_N == hv) & (gid_N < hg))
+        self.top_gids[l_N[hit & better], slot[hit & better]] = -1  # the context's old entry makes way
+        new = ~hit | better
+        self._refill_top(l_N[new], v_N[new], gid_N[new], torch.full_like(gid_N[new], step))
+
+    def _refill_top(self, l_N, v_N, gid_N, steps_N) -> None:
+        """Re-rank the latents in `l_N` over what they hold plus the new entries (contexts they do not hold)."""
+        rows = torch.unique(l_N)
+        r_N, hv_N, hg_N, hs_N = held_entries(self.top_vals[rows], self.top_gids[rows], self.top_steps[rows])
+        l_N, v_N = torch.cat([rows[r_N], l_N]), torch.cat([hv_N, v_N])
+        gid_N, steps_N = torch.cat([hg_N, gid_N]), torch.cat([hs_N, steps_N])
+        order, rank = rank_in_groups(l_N, desc_value(v_N), gid_N)
+        order, rank = order[rank < self.config.k], rank[rank < self.config.k]
+        self.top_vals[rows], self.top_gids[rows], self.top_steps[rows] = -torch.inf, -1, -1
+        self.top_vals[l_N[order], rank], self.top_gids[l_N[order], rank] = v_N[order], gid_N[order]
+        self.top_steps[l_N[order], rank] = steps_N[order]
+
+    # ---- merging and checkpoints -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, *others: TopKCollector) -> TopKCollector:
+        """Absorb other collectors (e.g. other DDP ranks) in place and return self.
+
+        The top-k then equals collecting the union of all their data. Interval samples are the union re-binned
+        against the merged max, each bin keeping its highest keys (a context once per latent, at its maximum).
+        """
+        for other in others:
+            if not isinstance(other, TopKCollector) or (other.n_latents, other.config) != (self.n_latents, self.config):
+                raise ValueError("merge needs TopKCollectors with the same n_latents and config")
+        parts = [self, *others]
+        top = (held_entries(p.top_vals, p.top_gids, p.top_steps) for p in parts)
+        top = best_per_context(*(torch.cat(col).to(self.device) for col in zip(*top)), self.config.ctx_len)
+        for buf, fill in ((self.top_vals, -torch.inf), (self.top_gids, -1), (self.top_steps, -1)):
+            buf.fill_(fill)  # every held entry is in `top`; the refill ranks from it alone
+        self._refill_top(*top)
+        if self.intervals is not None:
+            ints = zip(*(p.intervals.entries() for p in parts))
+            ints = best_per_context(*(torch.cat(col).to(self.device) for col in ints), self.config.ctx_len)
+            self.intervals.clear()
+            self.intervals.refill(torch.unique(ints[0]), *ints, self.top_vals[:, 0])
+        return self
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        bufs = {"top_vals": self.top_vals, "top_gids": self.top_gids, "top_steps": self.top_steps}
+        if self.intervals is not None:
+            bufs |= {"interval_vals": self.intervals.vals_LS, "interval_gids": self.intervals.gids_LS,
+                     "interval_steps": self.intervals.steps_LS}
+        return bufs
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (safetensors-ready): the buffers, plus ctx_len and seed to check on load."""
+        state = {name: t.detach().clone() for name, t in self._buffers().items()}
+        return state | {"ctx_len": torch.tensor(self.config.ctx_len), "seed": torch.tensor(self.config.seed)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `state_dict()`; collection then continues exactly as if it had never stopped."""
+        mine = self.state_dict()
+        if set(state) != set(mine):
+            raise ValueError(f"state has keys {sorted(state)}, this collector needs {sorted(mine)} "
+                             f"(a collector with n_intervals=0 has no interval_* keys)")
+        for name, t in mine.items():
+            if state[name].shape != t.shape or (t.dim() == 0 and int(state[name]) != int(t)):
+                shown = lambda x: x.item() if x.dim() == 0 else tuple(x.shape)  # noqa: E731
+                raise ValueError(f"state[{name!r}] is {shown(state[name])}, this collector needs {shown(t)}")
+        for name, buf in self._buffers().items():
+            buf.copy_(state[name])
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Latents with at least one top sample, top samples held, and their mean over those latents."""
+        filled_L = (self.top_gids >= 0).sum(1)
+        with_samples, total = int((filled_L > 0).sum()), int(filled_L.sum())
+        n_int = 0 if self.intervals is None else int((self.intervals.gids_LS >= 0).sum())
+        return {"n_latents": self.n_latents, "latents_with_samples": with_samples, "total_samples": total,
+                "avg_samples_per_latent": total / with_samples if with_samples else 0.0, "interval_samples": n_int}
+
+    def format_summary(self) -> str:
+        s = self.summary()
+        return (f"TopKCollector: {s['latents_with_samples']:,} of {s['n_latents']:,} latents have samples, "
+                f"{s['total_samples']:,} top samples ({s['avg_samples_per_latent']:.1f} per latent with samples, "
+                f"k={self.config.k}), {s['interval_samples']:,} interval samples")
+
+    __str__ = format_summary
+
+    def samples(self) -> pd.DataFrame:
+        """One row per held sample: latent, rank, activation, global_id, context_index, position, step, kind
+        ("top" or "interval") and interval (the bin, -1 for top samples); rank counts within the bin."""
+        l_N, v_N, gid_N, steps_N = held_entries(self.top_vals, self.top_gids, self.top_steps)
+        rank_N = (self.top_gids >= 0).nonzero()[:, 1]
+        frames = [(l_N, rank_N, v_N, gid_N, steps_N, "top", torch.full_like(l_N, -1))]
+        if self.intervals is not None:
+            slot_N = (self.intervals.gids_LS >= 0).nonzero()[:, 1]
+            l_N, v_N, gid_N, steps_N = self.intervals.entries()
+            per = self.config.per_interval
+            frames.append((l_N, slot_N % per, v_N, gid_N, steps_N, "interval", slot_N // per))
+        return pd.concat([_frame(*f, self.config.ctx_len) for f in frames], ignore_index=True)
+
+
+def _frame(l_N, rank_N, v_N, gid_N, steps_N, kind: str, bin_N, ctx_len: int) -> pd.DataFrame:
+    gid = gid_N.cpu().numpy()
+    return pd.DataFrame({"latent": l_N.cpu().numpy(), "rank": rank_N.cpu().numpy(),
+                         "activation": v_N.cpu().numpy(), "global_id": gid, "context_index": gid // ctx_len,
+                         "position": gid % ctx_len, "step": steps_N.cpu().numpy(), "kind": kind,
+                         "interval": bin_N.cpu().numpy()})
+
+
+@torch.no_grad()
+def merge_distributed(collector: TopKCollector) -> TopKCollector:
+    """Merge the collectors of all torch.distributed ranks, so every rank holds the same union; a no-op when
+    torch.distributed is not initialized. Every rank must call it (it is a collective)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return collector
+    world = torch.distributed.get_world_size()
+    gathered = {}
+    for name, t in collector.state_dict().items():  # ctx_len and seed too: loading checks the ranks agree
+        gathered[name] = [torch.empty_like(t) for _ in range(world)]
+        torch.distributed.all_gather(gathered[name], t)
+    ranks = [TopKCollector(collector.n_latents, collector.config, collector.device) for _ in range(world)]
+    for r, other in enumerate(ranks):
+        other.load_state_dict({name: parts[r] for name, parts in gathered.items()})
+    # the same fold on every rank (rank 0 first) keeps the ranks' states identical
+    collector.load_state_dict(ranks[0].merge(*ranks[1:]).state_dict())
+    return collector
+
+
+def window_slices(global_ids, ctx_len: int, before: int, after: int):
+    """`(context_index_N, start_N, stop_N)` numpy arrays: the token window [start, stop) around each global id,
+    clipped to its own context and to [1, ctx_len) (position 0 is BOS)."""
+    import numpy as np
+    gid = np.asarray(global_ids.cpu() if isinstance(global_ids, torch.Tensor) else global_ids, dtype=np.int64)
+    if ctx_len < 2 or before < 0 or after < 0:
+        raise ValueError(f"need ctx_len >= 2, before >= 0 and after >= 0, got {ctx_len}, {before}, {after}")
+    ctx, pos = np.divmod(gid, ctx_len)
+    if gid.size and (gid.min() < 0 or (pos == 0).any()):
+        raise ValueError("global ids must be >= 0 and not at position 0 (BOS is never collected)")
+    return ctx, np.maximum(pos - before, 1), np.minimum(pos + after + 1, ctx_len)
+
+
+def drift(train_df: pd.DataFrame, final_df: pd.DataFrame, key: str = "context_index") -> tuple[pd.Series, float]:
+    """Share of each latent's in-training top contexts still among its final-pass top contexts (1.0: no drift).
+
+    Contexts match on `key` (e.g. "context_index", or "doc_id" after provenance is joined). Rows of kind
+    "interval" are ignored. Returns the per-latent share and the share over all (latent, context) pairs.
+    """
+    pairs = []
+    for name, df in (("train_df", train_df), ("final_df", final_df)):
+        if missing := {"latent", key} - set(df.columns):
+            raise ValueError(f"{name} lacks columns {sorted(missing)}; pass collector.samples() frames and a key "
+                             f"column they both have")
+        df = df[df["kind"] == "top"] if "kind" in df.columns else df
+        pairs.append(df[["latent", key]].drop_duplicates())
+    both = pairs[0].merge(pairs[1], on=["latent", key], how="left", indicator=True)
+    kept = both["_merge"] == "both"
+    per_latent = kept.groupby(both["latent"]).mean().rename("drift_overlap")
+    return per_latent, float(kept.mean()) if len(kept) else float("nan")

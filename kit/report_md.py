@@ -1,0 +1,107 @@
+"""report.md: the sections of report.html as markdown tables and text.
+
+Text from data goes through `md`: & < > become entities (so `<script>` shows as text in any renderer that
+allows raw HTML), markdown syntax characters get a backslash, newlines show as ⏎ and never break a table.
+"""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from kit.report import (RunData, dict_frame, example_row, fmt, labels, metrics_frame, specialized_frame,
+                        summary_frame, top_frame)
+from kit.widgets import VISIBLE
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
+
+
+def md(value) -> str:
+    """Text from data, safe in markdown."""
+    text = "".join(VISIBLE.get(c, c) for c in str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def md_table(df: pd.DataFrame, max_rows: int = 30, raw: tuple[str, ...] = ()) -> str:
+    """A GitHub-flavoured table of the first `max_rows` rows; columns in `raw` already hold markdown."""
+    if df.empty:
+        return "_(none)_\n"
+    cols = list(df.columns)
+    head = "| " + " | ".join(md(c) for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    cell = [(lambda v: str(v).replace("|", "\\|")) if c in raw else (lambda v: md(fmt(v))) for c in cols]
+    body = "".join("| " + " | ".join(f(v) for f, v in zip(cell, row)) + " |\n"
+                   for row in df.head(max_rows).itertuples(index=False))
+    return head + body
+
+
+def md_sample(row) -> str:
+    """One sample's window as text, the collected token in bold between ⟦ ⟧."""
+    hit = int(row["token_index"])
+    return "".join(f"**⟦{md(t)}⟧**" if i == hit else md(t) for i, t in enumerate(row["context_tokens"]))
+
+
+def markdown_report(run: RunData, analysis: dict, patterns: dict) -> str:
+    """The whole report.md."""
+    names = labels(analysis, patterns)
+    out = [f"# Transcoder report: {md(run.config.get('name', run.folder.name))}\n\n",
+           "## Training\n\n", md_table(metrics_frame(run), 100)]
+    if not run.history.empty:
+        every = max(1, len(run.history) // 12)
+        out += [f"\nLearning-rate schedule and training curves (one logged row in {every}):\n\n",
+                md_table(run.history.iloc[::every], 40)]
+    out += ["\n## Summary\n\n", md_table(summary_frame(run))]
+    top = top_frame(run, names)
+    top["example"] = [md_sample(r) if (r := example_row(run, i)) else "" for i in top["latent"]]
+    out += ["\n## Top latents by maximum activation\n\n", md_table(top, len(top), raw=("example",))]
+    out += _specialization(analysis) + _patterns(patterns)
+    out += ["\n## Latent cards\n"] + [_card(run, i, names.get(i), patterns) for i in run.shown]
+    out += ["\n## Attribution\n\n", "  \n".join(md(line) for line in run.attribution.splitlines()) + "\n"]
+    return "".join(out)
+
+
+def _specialization(analysis: dict) -> list[str]:
+    if not analysis:
+        return []
+    out = ["\n## Domain specialization\n"]
+    if analysis.get("summary"):
+        out += ["\nAgainst the nulls:\n\n", md_table(dict_frame(analysis["summary"]))]
+    out += ["\nMost specialized latents:\n\n", md_table(specialized_frame(analysis))]
+    hierarchy = analysis.get("hierarchy")
+    if hierarchy:
+        out += ["\nHierarchy:\n\n", md_table(dict_frame(hierarchy)) if isinstance(hierarchy, dict)
+                else md(hierarchy) + "\n"]
+    if analysis.get("caveat"):
+        out += [f"\n> {md(analysis['caveat'])}\n"]
+    return out
+
+
+def _patterns(patterns: dict) -> list[str]:
+    out = []
+    for key, title in (("top_words", "Top words"), ("length_stats", "Lengths"), ("logit_lens", "Logit lens")):
+        value = patterns.get(key)
+        if value is not None and len(value):
+            out += [f"\n### {title}\n\n", md_table(dict_frame(value) if isinstance(value, dict) else value)]
+    return ["\n## Text patterns\n"] + out if out else []
+
+
+def _card(run: RunData, latent: int, label, patterns: dict) -> str:
+    rows = run.rows[run.rows["latent"] == latent]
+    rows = rows[rows["phase"] == run.phase] if run.phase else rows
+    stats = run.latents.set_index("latent").loc[latent]
+    drift = f" · drift overlap {stats['drift']:.0%}" if pd.notna(stats.get("drift")) else ""
+    out = [f"\n### Latent {latent}" + (f" — {md(label)}" if label else "") + "\n\n",
+           f"max {stats['max_activation']:.3g} · mean {stats['mean_activation']:.3g} · "
+           f"{int(stats['n_samples'])} top samples{drift}\n\n"]
+    for r in rows[rows["kind"] == "top"].sort_values("rank").head(5).to_dict("records"):
+        out.append(f"- {r['activation']:.3g} ({md(r['domain'])}): {md_sample(r)}\n")
+    intervals = rows[rows["kind"] == "interval"].sort_values(["interval", "rank"], ascending=[False, True])
+    for r in intervals.drop_duplicates("interval").to_dict("records"):
+        out.append(f"- bin {r['interval']}, {r['activation']:.3g} ({md(r['domain'])}): {md_sample(r)}\n")
+    prof = run.profile[run.profile["latent"] == latent].sort_values("share", ascending=False)
+    out.append("\nDomains: " + ", ".join(f"{md(d)} {s:.0%}" for d, s in zip(prof["domain"], prof["share"])) + "\n")
+    lens = patterns.get("logit_lens")
+    if lens is not None and len(hit := lens[lens["latent"] == latent]):
+        out.append(f"\nLogit lens: promoted {md(fmt(hit.iloc[0]['promoted']))}; "
+                   f"suppressed {md(fmt(hit.iloc[0]['suppressed']))}\n")
+    return "".join(out)

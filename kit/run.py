@@ -1,0 +1,137 @@
+"""One training run end to end: model, store, transcoder, loop, metrics, final top-k pass, samples, report.
+
+`python -m kit train` and the notebooks both call `train_run`, so they produce the same run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from kit import distributed
+from kit.collector import TopKCollector, drift, merge_distributed
+from kit.evaluate import evaluate
+from kit.models import load_model
+from kit.presets import RunConfig
+from kit.samples import final_pass, latent_table, samples_frame
+from kit.store import TranscoderActivationsStore
+from kit.trainer import Trainer
+from kit.transcoder import Transcoder, TranscoderConfig
+
+
+def prepare(config: RunConfig, out, resume: bool = False, device: str | None = None, model=None, tokenizer=None):
+    """Build (and, with `resume`, restore) the store, transcoder, collector and trainer of a run.
+
+    Pass `model` and `tokenizer` to reuse a model already in memory (a notebook that loaded Gemma once).
+    """
+    rank, world = distributed.rank_world()
+    out = Path(out)
+    check_run_folder(out, config, resume)
+    device = device or (str(next(model.parameters()).device) if model is not None else distributed.default_device())
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
+    tok = tokenizer
+    store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store,
+                                       shard=(rank, world))
+    torch.manual_seed(config.store.seed)  # every rank starts from the same weights
+    tc = Transcoder(TranscoderConfig(d_in=store.d_in, d_out=store.d_out, **dataclasses.asdict(config.latents)))
+    tc = tc.to(device)
+    collector = TopKCollector(tc.cfg.d_latent, config.collector, device)
+    trainer = Trainer(tc, store, config.train, out, collector, config_dict=config.to_dict())
+    if rank == 0:
+        _write_json(out / "config.json", config.to_dict())
+    if resume:
+        trainer.resume()
+    return trainer
+
+
+def ensure_run(config: RunConfig, out, model=None, tokenizer=None, progress: bool = True) -> dict:
+    """The metrics of a finished run of `config` in `out`, training it (or resuming it) first if needed."""
+    out = Path(out)
+    if (out / "metrics.json").exists() and (out / "config.json").exists():
+        from kit.checkpoint import _diff
+        if not _diff(json.loads((out / "config.json").read_text()), config.to_dict()):
+            return json.loads((out / "metrics.json").read_text())
+        raise ValueError(f"{out} holds a finished run of another config: choose another folder or delete it")
+    return train_run(config, out, resume=(out / "checkpoints").exists(), progress=progress, model=model,
+                     tokenizer=tokenizer)
+
+
+def train_run(config: RunConfig, out, resume: bool = False, device: str | None = None, progress: bool = True,
+              stop_at: int | None = None, report: bool = True, model=None, tokenizer=None) -> dict | None:
+    """Train, evaluate, collect and write the run folder; returns the metrics (None on ranks other than 0)."""
+    trainer = prepare(config, out, resume, device, model, tokenizer)
+    start = time.perf_counter()
+    trainer.fit(stop_at=stop_at, progress=progress and distributed.rank_world()[0] == 0)
+    if trainer.step < config.train.steps:
+        return None  # interrupted on purpose (stop_at): the checkpoint holds everything
+    merge_distributed(trainer.collector)
+    if distributed.rank_world()[0] != 0:
+        distributed.barrier()
+        return None
+    metrics = finish(trainer, config, Path(out), time.perf_counter() - start, progress, report)
+    distributed.barrier()
+    return metrics
+
+
+def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool, report: bool) -> dict:
+    """After the loop: save weights, evaluate, run the frozen final pass, write samples, metrics and report."""
+    tc, store = trainer.export().eval(), trainer.store
+    tc.save(out / "transcoder")
+    metrics = evaluate(tc, store, config.eval_contexts, trainer.dead_fraction)
+    seen = sorted(store.seen_contexts() | set(store.holdout_indices[:config.eval_contexts]))
+    final = final_pass(tc, store, seen, config.collector, config.train.steps, progress)
+    df = samples_frame({"training": trainer.collector, "final": final}, tc, store, progress)
+    per_latent, total = drift(df[df.phase == "training"], df[df.phase == "final"])
+    metrics |= {"drift": total, "tokens_seen": trainer.step * config.store.batch_size,
+                "train_seconds": seconds, "collector": trainer.collector.summary()}
+    write_samples(out / "samples.parquet", df, store)
+    latent_table(df, per_latent, tc.cfg.d_latent).to_csv(out / "latents.csv", index=False)
+    _write_json(out / "metrics.json", metrics)
+    if report:
+        from kit.report import write_report
+        write_report(out)
+    return metrics
+
+
+def write_samples(path: Path, df, store) -> None:
+    """samples.parquet, atomically, with the attribution notice of every source it quotes in its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from kit.corpus import attribution_notice
+    sources = sorted(set(df["source"])) if len(df) else []
+    try:
+        notice = attribution_notice(sources)
+    except ValueError:  # a user's own source: name it, there is no licence we know of
+        notice = "Text from: " + ", ".join(sources)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"attribution": notice.encode(),
+                                           b"context_acts_weights": b"final"})
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def check_run_folder(out: Path, config: RunConfig, resume: bool) -> None:
+    """Refuse to overwrite a run by accident, and to resume a run with other settings."""
+    saved = out / "config.json"
+    if (out / "checkpoints").exists() and not resume:
+        raise FileExistsError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or "
+                              "choose another --out")
+    if resume and saved.exists():
+        from kit.checkpoint import _diff
+        diff = _diff(json.loads(saved.read_text()), config.to_dict())
+        if diff:
+            raise ValueError(f"cannot resume {out}: its config.json differs ({'; '.join(diff[:6])}); use the "
+                             "original preset and options")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)

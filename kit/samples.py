@@ -1,0 +1,101 @@
+"""Turn collector states into `samples.parquet`: provenance, token windows and per-token window activations.
+
+A shuffled training batch holds only some tokens of any context, so the per-token activations of a sample's
+window are re-scored at the end with the **final** weights (column `context_acts`; `activation_final` is the
+collected token's own re-scored value). `activation` keeps the value seen when the sample was collected.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from kit.collector import TopKCollector, window_slices
+
+
+@torch.no_grad()
+def _encode(transcoder, x_ND: torch.Tensor):
+    """Collector input for one chunk: the sparse (idx, vals) pair for TopK, dense activations otherwise."""
+    x_ND = x_ND.to(transcoder.W_dec.device, transcoder.W_dec.dtype)
+    out = transcoder(x_ND)
+    return (out.top_idx, out.top_vals) if out.top_idx is not None else out.acts
+
+
+@torch.no_grad()
+def final_pass(transcoder, store, indices, config, step: int, progress: bool = True) -> TopKCollector:
+    """Re-collect the top-k over `indices` (table contexts) with frozen weights."""
+    collector = TopKCollector(transcoder.cfg.d_latent, config, transcoder.W_dec.device)
+    T, chunk = store.config.ctx_len, store.config.lm_batch
+    for start in tqdm(range(0, len(indices), chunk), desc="final top-k pass", disable=not progress):
+        idx = torch.as_tensor(indices[start:start + chunk])
+        x, _, mask = store.activations_for_contexts(idx)
+        gids = (idx[:, None] * T + torch.arange(T)[None, :])[mask]
+        collector.update(_encode(transcoder, x[mask]), gids.to(transcoder.W_dec.device), step)
+    return collector
+
+
+def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progress: bool = True) -> pd.DataFrame:
+    """One row per (latent, phase, kind, rank) with provenance and re-scored windows (see docs/run-folder.md)."""
+    frames = [c.samples().assign(phase=phase) for phase, c in collectors.items()]
+    df = pd.concat(frames, ignore_index=True)
+    if df.empty:
+        return df
+    cfg = next(iter(collectors.values())).config
+    T = store.config.ctx_len
+    ctx, start, stop = window_slices(df["global_id"].to_numpy(), T, cfg.window_before, cfg.window_after)
+    lengths = np.array([store.contexts[c].length for c in range(len(store.contexts))])
+    stop = np.minimum(stop, lengths[ctx])  # never into padding
+    acts = _window_acts(transcoder, store, ctx, start, stop, df["latent"].to_numpy(), progress)
+    meta = [store.contexts[c] for c in ctx]
+    ids = [list(m.token_ids[s:e]) for m, s, e in zip(meta, start, stop)]
+    pieces = _token_strings(store.tokenizer, ids)
+    pos = df["position"].to_numpy()
+    return df.assign(
+        doc_id=[m.doc_id for m in meta], doc_position=[m.doc_start + p - 1 for m, p in zip(meta, pos)],
+        domain=[m.domain for m in meta], source=_sources(store, meta), context_ids=ids,
+        context_tokens=[[pieces[t] for t in row] for row in ids], context_acts=acts, token_index=pos - start,
+        activation_final=[a[i] for a, i in zip(acts, pos - start)])
+
+
+@torch.no_grad()
+def _window_acts(transcoder, store, ctx, start, stop, latent, progress) -> list[list[float]]:
+    """This latent's activation on every window token, re-scored with the current (final) weights."""
+    out: list = [None] * len(ctx)
+    contexts = np.unique(ctx)
+    chunk, width = store.config.lm_batch, int((stop - start).max())
+    for i in tqdm(range(0, len(contexts), chunk), desc="re-scoring sample windows", disable=not progress):
+        part = contexts[i:i + chunk]
+        x, _, _ = store.activations_for_contexts(part)
+        n, T, d = x.shape
+        acts = transcoder.encode(x.reshape(n * T, d).to(transcoder.W_dec)).reshape(n, T, -1).float().cpu()
+        rows = np.nonzero(np.isin(ctx, part))[0]
+        local = torch.as_tensor(np.searchsorted(part, ctx[rows]))
+        pos = torch.as_tensor(start[rows])[:, None] + torch.arange(width)[None, :]
+        grid = acts[local[:, None], pos.clamp_max(T - 1), torch.as_tensor(latent[rows])[:, None]]
+        for r, vals, w in zip(rows, grid.tolist(), stop[rows] - start[rows]):
+            out[r] = vals[:w]
+    return out
+
+
+def _token_strings(tokenizer, ids: list[list[int]]) -> dict[int, str]:
+    """Each token decoded on its own, for display (the sentencepiece/BPE space marker becomes a space)."""
+    unique = sorted({t for row in ids for t in row})
+    return dict(zip(unique, tokenizer.batch_decode([[t] for t in unique])))
+
+
+def _sources(store, meta) -> list[str]:
+    """The corpus source of each sample's document when the store knows it, else the store's source name."""
+    lookup = getattr(store, "doc_sources", None) or {}
+    return [lookup.get(m.doc_id, store.source_name) for m in meta]
+
+
+def latent_table(df: pd.DataFrame, drift_L: pd.Series, n_latents: int) -> pd.DataFrame:
+    """Per latent: max and mean activation of its in-training top samples, sample count, drift."""
+    top = df[(df["phase"] == "training") & (df["kind"] == "top")].groupby("latent")["activation"]
+    table = pd.DataFrame({"latent": np.arange(n_latents)}).set_index("latent")
+    table["max_activation"] = top.max()
+    table["mean_activation"] = top.mean()
+    table["n_samples"] = top.size()
+    table["drift"] = drift_L
+    return table.fillna({"n_samples": 0}).astype({"n_samples": int}).reset_index()

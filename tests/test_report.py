@@ -1,0 +1,107 @@
+"""write_report on a synthetic run folder: sections, escaping, self-containment, optional inputs, fallbacks."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from fake_run import ATTRIBUTION, SCRIPT, write_run
+from kit.report import fmt, load_run, write_report
+from kit.report_html import svg_line
+from kit.report_md import md
+
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+def analysis() -> dict:
+    latents = pd.DataFrame({"latent": [0, 1, 2], "class": ["specialist", "generalist", "specialist"],
+                            "top_domain": ["code", "<b>legal</b>", "medicine"], "top_share": [1, 0.5, 1],
+                            "top_lift": [4.0, 2.0, 4.0], "q_value": [0.01, 0.5, 0.02],
+                            "label": [f"code {SCRIPT}", "", "medicine"]})
+    return {"latents": latents, "caveat": "Style <i>domains</i> may split by format.",
+            "summary": {"trained": {"specialists": 2, "share": 0.5}, "shuffled": {"specialists": 0, "share": 0.0},
+                        "random": {"specialists": 1, "share": 0.1}},
+            "hierarchy": {"code": 3, "legal": 1}}
+
+
+def patterns() -> dict:
+    return {"top_words": pd.DataFrame({"latent": [2, 2], "word": [SCRIPT, " the"], "count": [3, 2]}),
+            "length_stats": {"mean_length": 3.2},
+            "logit_lens": pd.DataFrame({"latent": [2], "promoted": [[" dose", SCRIPT]], "suppressed": [["\n"]]})}
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    folder = write_run(tmp_path_factory.mktemp("run"))
+    md_path, html_path = write_report(folder, analysis(), patterns(), n_cards=4)
+    return md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+
+
+def test_report_files_and_sections(full):
+    text_md, html = full
+    for title in ("Training", "Summary", "Top latents", "Domains", "Specialization", "Text patterns",
+                  "Latent cards", "Attribution"):
+        assert f"<h2>{title}</h2>" in html, f"section {title} missing from report.html"
+    for title in ("Training", "Summary", "Top latents by maximum activation", "Domain specialization",
+                  "Text patterns", "Latent cards", "Attribution"):
+        assert f"\n## {title}\n" in text_md, f"section {title} missing from report.md"
+    assert html.count('class="kit-card"') == 4 and text_md.count("\n### Latent ") == 4, "n_cards cards"
+    assert re.findall(r"### Latent (\d+)", text_md) == ["5", "4", "3", "2"], "strongest latents first"
+    assert "<polyline" in html and "lr over steps" in html, "the schedule is drawn"
+    assert "latents with samples</td><td class=num>6<" in html and "| total top samples | 24 |" in text_md
+    assert "Latent 2 — medicine" in html and "logit lens, promoted" in html
+
+
+def test_report_escapes_every_data_string(full):
+    text_md, html = full
+    for text in (text_md, html):
+        assert "<script>alert" not in text and ESCAPED in text
+        assert "<b>legal" not in text and "<i>domains" not in text and "<i>Wikipedia" not in text
+    assert "fake&lt;run&gt;" in html and "fake&lt;run&gt;" in text_md
+    assert "\\_" in text_md and "**⟦" in text_md, "markdown syntax escaped, collected token marked"
+
+
+def test_report_html_is_self_contained(full):
+    _, html = full
+    lowered = html.lower()
+    assert "<script" not in lowered and "<link" not in lowered and "src=" not in lowered and "@import" not in lowered
+    assert "url(" not in lowered and "http://" not in lowered.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_report_attribution_is_shown(full):
+    text_md, html = full
+    assert 'Sources: &lt;i&gt;Wikipedia&lt;/i&gt; CC BY-SA 4.0 &amp; friends.' in html
+    assert "Sources: &lt;i&gt;Wikipedia&lt;/i&gt; CC BY-SA 4.0 &amp; friends." in text_md
+
+
+def test_report_without_optional_inputs(tmp_path):
+    """No analysis, no latents.csv, no attribution metadata: stats come from the samples, the notice from the
+    source column."""
+    folder = write_run(tmp_path / "run")
+    (folder / "latents.csv").unlink()
+    table = pq.read_table(folder / "samples.parquet")
+    pq.write_table(table.replace_schema_metadata({}), folder / "samples.parquet")
+    md_path, html_path = write_report(folder)
+    html = html_path.read_text()
+    assert "<h2>Specialization</h2>" not in html and "<h2>Text patterns</h2>" not in html
+    assert "Text from: testcorpus" in html and "Text from: testcorpus" in md_path.read_text()
+    assert html.count('class="kit-card"') == 6
+    run = load_run(folder)
+    assert run.latents["max_activation"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_load_run_reads_windows_only_for_shown_latents(tmp_path):
+    folder = write_run(tmp_path / "run")
+    run = load_run(folder, n_cards=2, n_table=3)
+    assert run.shown == [5, 4] and sorted(set(run.rows["latent"])) == [3, 4, 5]
+    assert "context_tokens" not in run.light.columns and run.attribution == ATTRIBUTION
+
+
+def test_helpers():
+    assert md("a_b|c*<d>\n") == "a\\_b\\|c\\*&lt;d&gt;⏎"
+    assert fmt(0.123456) == "0.123" and fmt(12345.6) == "12,346" and fmt([" a", "\n"]) == "' a', '\\n'"
+    svg = svg_line([0, 1, 2], [1.0, 3.0, 2.0], "loss <x>")
+    assert svg.count(",") == 3 and "loss &lt;x&gt;" in svg and "<script" not in svg
+    assert svg_line([0], [1.0], "one point") == ""
