@@ -4,7 +4,8 @@ Public API (the report and the widgets call these names):
 - `ContextStats`, `ContextStats.from_token_acts`, `context_stats(transcoder, store, indices, batch_contexts=32)`
 - `SpecializationConfig`, `latent_table(stats, config)`, `domain_profile(stats, what)`, `g_test`, `bh_adjust`
 - `specialization_from_stats(stats, random_stats, config)` and `specialization_with_nulls(transcoder, store, indices,
-  config)` -> `SpecializationResult` (per-latent tables for trained / shuffled / random, summary, margins)
+  config)` -> `SpecializationResult` (per-latent tables for trained / shuffled / random, summary, margins);
+  `random_transcoder(transcoder, seed)` builds the random null
 - `strength_hierarchy(table)`, `hierarchy_sentence(h)`, `style_caveat(result)`
 
 Definitions. A latent *fires* on a token when its activation is > 0. At level "token" a unit is a token it fired
@@ -14,8 +15,8 @@ domain does not look special (DATA.md, "Pitfalls"); entropy = H(share) / log(D):
 spread; the G-test compares c_d with Σc · base_d. The top domain holds most of the latent's units.
 Firings inside one context are not independent (a latent fires on runs of tokens), so the token-level test
 overstates significance; classification uses the context-level test by default, whose units are closer to
-independent (contexts cut from one document still share it). Shape suffixes: N contexts, L latents, D domains,
-M scored tokens.
+independent (contexts cut from one document still share it). D counts the domains present; entropy divides by
+log of that. Shape suffixes: N contexts, L latents, D domains, M scored tokens.
 """
 from __future__ import annotations
 

@@ -46,15 +46,39 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    try:
+        _dispatch(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: say what, not a traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def _dispatch(args) -> None:
     if args.command == "train":
         _train(args)
     elif args.command == "report":
-        from kit.report import write_report
-        md, html = write_report(args.run_dir)
-        print(f"wrote {md} and {html}")
+        _report(args.run_dir)
     else:
         from kit.notebooks import run_notebooks
         run_notebooks(args.names, args.out)
+
+
+def _report(run_dir: Path) -> None:
+    """Rebuild the report; interpret the run first (model needed) if it was never interpreted."""
+    from kit.interpret import interpret_run, load_interpretation
+    from kit.report import write_report
+    if not (run_dir / "config.json").exists():
+        raise SystemExit(f"error: {run_dir} is not a run folder (no config.json); pass the --out of a training run")
+    analysis, patterns = load_interpretation(run_dir)
+    if analysis is None:
+        from kit.models import load_model
+        from kit.presets import RunConfig
+        from kit.store import TranscoderActivationsStore
+        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        model, tok = load_model(config.model)
+        store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
+        analysis, patterns = interpret_run(run_dir, store)
+    md, html = write_report(run_dir, analysis, patterns)
+    print(f"wrote {md} and {html}")
 
 
 def _train(args) -> None:

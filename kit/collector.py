@@ -3,15 +3,20 @@
 The state is a `[n_latents, k]` tensor triple (value, global id, step) on the training device, sorted per latent
 by (value desc, global id asc): equal values go to the lower global id. An update turns a batch into candidates
 (each latent's maximum within each context of the batch), merges those with what is held (a context counts once
-per latent and keeps its maximum) and re-ranks only the latents that changed. Everything is vectorized.
+per latent and keeps its maximum; `step` records the update that set the value) and re-ranks only the latents
+that changed. Everything is vectorized; the result equals a brute-force top-k over all (latent, context) maxima.
+
+Most tokens are dropped before any sorting, by per-latent bars that provably cannot drop a winner: a value below
+the k-th held one never enters, and interval samples have bars of their own (`IntervalSampler.token_filter`).
 
 Global ids follow the store: global_id = context_index * ctx_len + position, position 0 being BOS.
-Shape suffixes: B batch rows, L latents, K slots (or active latents per token), N entries.
+Shape suffixes: B batch rows, L latents, K slots (or active latents per token), M newcomers per row, N entries.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -80,31 +85,38 @@ class TopKCollector:
             return
         ctx_C, ctx_B = torch.unique(gid_B // self.config.ctx_len, return_inverse=True)
         old_max_L = self.top_vals[:, 0]
-        max_L = torch.fmax(old_max_L, self._batch_max(acts, sparse))
-        changed_L = max_L > old_max_L
+        batch_max_L, low_L = self._batch_range(acts, sparse)
+        max_L = torch.fmax(old_max_L, batch_max_L)
         # a token matters only if value >= vmin (below the k-th held value it never enters) or key >= kmin
         vmin_L, key_B, kmin_L = self.top_vals[:, -1], None, None
         if self.intervals is not None:
-            interval_vmin_L, kmin_L = self.intervals.token_filter(max_L, changed_L)
-            vmin_L, key_B = torch.minimum(vmin_L, interval_vmin_L), context_key(ctx_C, self.config.seed)[ctx_B]
+            self.intervals.rebin((max_L > old_max_L).nonzero()[:, 0], max_L)
+            min_keys_LN, key_B = self.intervals.min_keys(), context_key(ctx_C, self.config.seed)[ctx_B]
+            # dense acts get a second look by key only at rows in the top sixteenth of keys (see _dense_entries)
+            cut = 0 if sparse else int(key_B.kthvalue(len(key_B) - len(key_B) // 16).values)
+            interval_vmin_L, kmin_L = self.intervals.token_filter(min_keys_LN, max_L, low_L, cut)
+            vmin_L = torch.minimum(vmin_L, interval_vmin_L)
         b_N, l_N, v_N = (self._sparse_entries if sparse else self._dense_entries)(acts, vmin_L, key_B, kmin_L)
         # each latent's best token in each context of the batch: max value, then lowest global id
         order, rank = rank_in_groups(pair_groups(l_N, ctx_B[b_N]), desc_value(v_N), gid_B[b_N])
-        best = order[rank == 0]
-        l_N, v_N, gid_N = l_N[best], v_N[best], gid_B[b_N[best]]
-        self._merge_top(l_N, v_N, gid_N, step)
+        b_N, l_N, v_N = b_N[order[rank == 0]], l_N[order[rank == 0]], v_N[order[rank == 0]]
+        self._merge_top(l_N, v_N, gid_B[b_N], step)
         if self.intervals is not None:
-            self.intervals.update(l_N, v_N, gid_N, max_L, changed_L, step)
+            self.intervals.update(l_N, v_N, gid_B[b_N], key_B[b_N], min_keys_LN, max_L, step)
 
-    def _batch_max(self, acts, sparse: bool) -> torch.Tensor:
-        """[L] float32 maximum of each latent in the batch, -inf where nothing is above the threshold."""
-        if sparse:
-            idx_BK, vals_BK = acts
-            max_L = torch.full((self.n_latents,), -torch.inf, device=self.device).scatter_reduce(
-                0, idx_BK.to(self.device).flatten().long(), vals_BK.flatten().float(), "amax")
-        else:
-            max_L = acts.amax(0).float()
-        return torch.where(max_L > self.config.threshold, max_L, -torch.inf)
+    def _batch_range(self, acts, sparse: bool):
+        """[L] float32 maximum of each latent in the batch (-inf where nothing is above the threshold), and for
+        sparse acts the minimum above the threshold (None for dense acts: a second pass would cost too much)."""
+        thr = self.config.threshold
+        if not sparse:
+            max_L = torch.from_numpy(acts.detach().numpy().max(0)) if _numpy_ok(acts) else acts.detach().amax(0).float()
+            return torch.where(max_L > thr, max_L, -torch.inf), None
+        idx_N, v_N = acts[0].to(self.device).flatten().long(), acts[1].flatten().float()
+        above = v_N > thr
+        empty = torch.full((self.n_latents,), torch.inf, device=self.device)
+        low_L = empty.scatter_reduce(0, idx_N, torch.where(above, v_N, torch.inf), "amin")
+        max_L = (-empty).scatter_reduce(0, idx_N, torch.where(above, v_N, -torch.inf), "amax")
+        return max_L, low_L
 
     def _sparse_entries(self, acts, vmin_L, key_B, kmin_L):
         """`(b_N, l_N, v_N)`: row, latent and float32 value of the (top_idx_BK, top_vals_BK) entries that pass."""
@@ -118,23 +130,25 @@ class TopKCollector:
         return flat // idx_BK.shape[1], idx_BK.flatten()[flat], v_BK.flatten()[flat]
 
     def _dense_entries(self, acts_BL, vmin_L, key_B, kmin_L):
-        """`(b_N, l_N, v_N)` of the dense entries that pass, in about one pass over [B, L]."""
-        thr = torch.tensor(self.config.threshold, dtype=torch.float32, device=self.device)
-        above = torch.nextafter(thr, torch.tensor(torch.inf, device=self.device))  # v > thr <=> v >= above
-        vmin_L = vmin_L.clamp(min=above)
-        if kmin_L is not None:
-            # Only rows whose key is in the batch's top sixteenth get a second look by key. Latents whose key
-            # bar is below those rows' keys take every token above the threshold instead (a superset: exact).
-            cut = key_B.kthvalue(len(key_B) - len(key_B) // 16).values
-            rows_R = (key_B >= cut).nonzero()[:, 0]
-            vmin_L = torch.where(kmin_L < cut, above, vmin_L)
-        mask_BL = acts_BL >= vmin_L  # a float32 [L] bar promotes bf16 acts, so both paths compare in float32
-        if kmin_L is not None:
-            by_key_RL = (acts_BL[rows_R].float() > thr) & (key_B[rows_R, None] >= kmin_L)
-            mask_BL[rows_R] |= by_key_RL
-        flat = mask_BL.reshape(-1).nonzero()[:, 0]
+        """`(b_N, l_N, v_N)` of the dense entries that pass, in about one pass over [B, L].
+
+        Every key bar is at least the batch's top-sixteenth row key (see `update`), so only those rows need a
+        second look by key; everything else passes or fails by value alone.
+        """
+        thr = torch.tensor([self.config.threshold], dtype=torch.float32, device=self.device)
+        above_1 = torch.nextafter(thr, torch.tensor(torch.inf, device=self.device))  # v > thr <=> v >= above
+        bars = [acts_BL.detach(), vmin_L.clamp(min=above_1), above_1, key_B, kmin_L]
+        # numpy's SIMD compare and nonzero run ~4x faster than torch's on a CPU (measured in bench/collector.py)
+        if _numpy_ok(acts_BL):
+            bars = [None if t is None else t.numpy() for t in bars]
+        acts, vmin, above, key, kmin = bars
+        mask = acts >= vmin  # float32 bars with a dimension promote bf16 acts: every path compares in float32
+        if kmin is not None:
+            rows = _flatnonzero(key >= kmin.min())
+            mask[rows] |= (acts[rows] >= above) & (key[rows, None] >= kmin)
+        flat = torch.as_tensor(_flatnonzero(mask), device=self.device)
         L = self.n_latents
-        return flat // L, flat % L, acts_BL.reshape(-1)[flat].float()
+        return flat // L, flat % L, acts_BL.detach().reshape(-1)[flat].float()
 
     def _check_acts(self, acts) -> bool:
         """Validate `acts`; True for the sparse (top_idx_BK, top_vals_BK) pair."""
@@ -185,16 +199,31 @@ class TopKCollector:
         self._refill_top(l_N[new], v_N[new], gid_N[new], torch.full_like(gid_N[new], step))
 
     def _refill_top(self, l_N, v_N, gid_N, steps_N) -> None:
-        """Re-rank the latents in `l_N` over what they hold plus the new entries (contexts they do not hold)."""
-        rows = torch.unique(l_N)
-        r_N, hv_N, hg_N, hs_N = held_entries(self.top_vals[rows], self.top_gids[rows], self.top_steps[rows])
-        l_N, v_N = torch.cat([rows[r_N], l_N]), torch.cat([hv_N, v_N])
-        gid_N, steps_N = torch.cat([hg_N, gid_N]), torch.cat([hs_N, steps_N])
-        order, rank = rank_in_groups(l_N, desc_value(v_N), gid_N)
-        order, rank = order[rank < self.config.k], rank[rank < self.config.k]
+        """Merge new entries (contexts their latents do not hold; -1 ids in the buffers are empty slots) into the
+        sorted rows. An entry's new slot counts who beats it, among the held entries and among the newcomers."""
+        k = self.config.k
+        order, new_rank = rank_in_groups(l_N, desc_value(v_N), gid_N)
+        fits = new_rank < k  # beaten by k newcomers of its own latent, an entry cannot stay
+        order, new_rank = order[fits], new_rank[fits]
+        l_N, v_N, gid_N, steps_N = l_N[order], v_N[order], gid_N[order], steps_N[order]
+        rows, row_N = torch.unique_consecutive(l_N, return_inverse=True)
+        shape = (len(rows), int(new_rank.max()) + 1 if len(new_rank) else 0)
+        nv_RM = torch.full(shape, -torch.inf, device=self.device).index_put_((row_N, new_rank), v_N)[:, :, None]
+        ng_RM = torch.full(shape, 2**62, device=self.device).index_put_((row_N, new_rank), gid_N)[:, :, None]
+        held_RK, hs_RK = self.top_gids[rows] >= 0, self.top_steps[rows]
+        hv_RK = torch.where(held_RK, self.top_vals[rows], -torch.inf)[:, None]
+        hg_RK = torch.where(held_RK, self.top_gids[rows], 2**62)[:, None]
+        new_wins_RMK = (nv_RM > hv_RK) | ((nv_RM == hv_RK) & (ng_RM < hg_RK))  # no two entries tie on both
+        held_slot_RK = held_RK.cumsum(1) - held_RK.long() + new_wins_RMK.sum(1)
+        new_slot_N = new_rank + (~new_wins_RMK & held_RK[:, None]).sum(2)[row_N, new_rank]
         self.top_vals[rows], self.top_gids[rows], self.top_steps[rows] = -torch.inf, -1, -1
-        self.top_vals[l_N[order], rank], self.top_gids[l_N[order], rank] = v_N[order], gid_N[order]
-        self.top_steps[l_N[order], rank] = steps_N[order]
+        r, i = (held_RK & (held_slot_RK < k)).nonzero().unbind(1)
+        self._write_top(rows[r], held_slot_RK[r, i], hv_RK[r, 0, i], hg_RK[r, 0, i], hs_RK[r, i])
+        ok = new_slot_N < k
+        self._write_top(l_N[ok], new_slot_N[ok], v_N[ok], gid_N[ok], steps_N[ok])
+
+    def _write_top(self, l_N, slot_N, v_N, gid_N, steps_N) -> None:
+        self.top_vals[l_N, slot_N], self.top_gids[l_N, slot_N], self.top_steps[l_N, slot_N] = v_N, gid_N, steps_N
 
     # ---- merging and checkpoints -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -208,16 +237,20 @@ class TopKCollector:
             if not isinstance(other, TopKCollector) or (other.n_latents, other.config) != (self.n_latents, self.config):
                 raise ValueError("merge needs TopKCollectors with the same n_latents and config")
         parts = [self, *others]
-        top = (held_entries(p.top_vals, p.top_gids, p.top_steps) for p in parts)
-        top = best_per_context(*(torch.cat(col).to(self.device) for col in zip(*top)), self.config.ctx_len)
+        l_N, v_N, gid_N, steps_N = (torch.cat(col).to(self.device) for col in
+                                    zip(*(held_entries(p.top_vals, p.top_gids, p.top_steps) for p in parts)))
+        best = best_per_context(l_N, v_N, gid_N, self.config.ctx_len)
         for buf, fill in ((self.top_vals, -torch.inf), (self.top_gids, -1), (self.top_steps, -1)):
-            buf.fill_(fill)  # every held entry is in `top`; the refill ranks from it alone
-        self._refill_top(*top)
+            buf.fill_(fill)  # every held entry is in the union; the refill ranks from it alone
+        self._refill_top(l_N[best], v_N[best], gid_N[best], steps_N[best])
         if self.intervals is not None:
-            ints = zip(*(p.intervals.entries() for p in parts))
-            ints = best_per_context(*(torch.cat(col).to(self.device) for col in ints), self.config.ctx_len)
+            l_N, v_N, gid_N, steps_N = (torch.cat(col).to(self.device) for col in
+                                        zip(*(p.intervals.entries() for p in parts)))
+            best = best_per_context(l_N, v_N, gid_N, self.config.ctx_len)
             self.intervals.clear()
-            self.intervals.refill(torch.unique(ints[0]), *ints, self.top_vals[:, 0])
+            self.intervals.refill(torch.unique(l_N[best]), l_N[best], v_N[best], gid_N[best],
+                                  context_key(gid_N[best] // self.config.ctx_len, self.config.seed), steps_N[best],
+                                  self.top_vals[:, 0])
         return self
 
     def _buffers(self) -> dict[str, torch.Tensor]:
@@ -276,6 +309,15 @@ class TopKCollector:
         return pd.concat([_frame(*f, self.config.ctx_len) for f in frames], ignore_index=True)
 
 
+def _numpy_ok(acts_BL: torch.Tensor) -> bool:
+    return acts_BL.device.type == "cpu" and acts_BL.dtype == torch.float32 and len(acts_BL) > 0
+
+
+def _flatnonzero(mask):
+    """Flat indices of the true entries of a numpy array or torch tensor."""
+    return np.flatnonzero(mask) if isinstance(mask, np.ndarray) else mask.reshape(-1).nonzero()[:, 0]
+
+
 def _frame(l_N, rank_N, v_N, gid_N, steps_N, kind: str, bin_N, ctx_len: int) -> pd.DataFrame:
     gid = gid_N.cpu().numpy()
     return pd.DataFrame({"latent": l_N.cpu().numpy(), "rank": rank_N.cpu().numpy(),
@@ -293,6 +335,7 @@ def merge_distributed(collector: TopKCollector) -> TopKCollector:
     world = torch.distributed.get_world_size()
     gathered = {}
     for name, t in collector.state_dict().items():  # ctx_len and seed too: loading checks the ranks agree
+        t = t.to(collector.device)  # NCCL gathers CUDA tensors only
         gathered[name] = [torch.empty_like(t) for _ in range(world)]
         torch.distributed.all_gather(gathered[name], t)
     ranks = [TopKCollector(collector.n_latents, collector.config, collector.device) for _ in range(world)]
@@ -306,7 +349,6 @@ def merge_distributed(collector: TopKCollector) -> TopKCollector:
 def window_slices(global_ids, ctx_len: int, before: int, after: int):
     """`(context_index_N, start_N, stop_N)` numpy arrays: the token window [start, stop) around each global id,
     clipped to its own context and to [1, ctx_len) (position 0 is BOS)."""
-    import numpy as np
     gid = np.asarray(global_ids.cpu() if isinstance(global_ids, torch.Tensor) else global_ids, dtype=np.int64)
     if ctx_len < 2 or before < 0 or after < 0:
         raise ValueError(f"need ctx_len >= 2, before >= 0 and after >= 0, got {ctx_len}, {before}, {after}")

@@ -66,12 +66,13 @@ def pair_groups(a_N: torch.Tensor, b_N: torch.Tensor) -> torch.Tensor:
 class IntervalSampler:
     """Per latent, up to `per_interval` contexts from each of `n_intervals` equal bins of value / running max.
 
-    The reservoir: every context gets a fixed random key (`context_key`), and each (latent, bin) keeps the
-    contexts with the highest keys, which is a uniform sample of the contexts that reached that bin. Keys that
-    belong to the context rather than to a draw make the sample exact under merging and let a context count once
-    per latent: the first sample a latent keeps of a context stays (later batches of that context are skipped).
-    Re-binning: when a latent's running max rises, its samples are re-binned against the new max; a bin that
-    overflows keeps its highest keys, and upper bins that empty refill from later batches.
+    The reservoir: every context has a fixed random key (`context_key`), and each (latent, bin) keeps the contexts
+    with the highest keys (ties: lower global id) among those offered to it, a uniform sample of them. A context
+    counts once per latent: the first sample a latent keeps of it stays, and later batches of that context are
+    skipped. Each context's offer is its maximum within the batch, binned by value / the latent's running max.
+    Re-binning: when a latent's running max rises, its samples are first re-binned against the new max (a bin
+    that overflows keeps its highest keys; upper bins that empty refill from this and later batches only), and
+    then the batch's contexts are offered.
     """
 
     def __init__(self, n_latents: int, n_intervals: int, per_interval: int, ctx_len: int, seed: int, device):
@@ -85,45 +86,55 @@ class IntervalSampler:
         """Bin of each value: floor(n_intervals * v / max), the max itself going to the top bin."""
         return (v_N / max_N * self.n).floor().clamp(0, self.n - 1).long()
 
-    def _min_keys(self) -> torch.Tensor:
+    def min_keys(self) -> torch.Tensor:
         """[L, n_intervals] key a newcomer must reach to enter each bin: its last slot's key, -1 while not full."""
-        last_LN = self.gids_LS.view(len(self.gids_LS), self.n, self.per)[:, :, -1]
+        last_LN = self.gids_LS.view(len(self.gids_LS), self.n, self.per)[:, :, -1].contiguous()
         return torch.where(last_LN >= 0, context_key(last_LN // self.ctx_len, self.seed), -1)
 
-    def token_filter(self, max_L: torch.Tensor, changed_L: torch.Tensor):
+    def token_filter(self, min_keys_LN, max_L: torch.Tensor, low_L=None, cut: int = 0):
         """`(vmin_L, kmin_L)`: a token can matter only if its value >= vmin or its context key >= kmin.
 
-        Bins below the first one with a free slot are full; a token binned there needs at least the smallest of
-        their entry keys. Both tests pass more often as the value grows, so whenever any token of a context
-        passes, its maximum does too, and the per-context maxima stay exact. A latent whose max rose re-bins,
-        and one whose first bin has room takes anything: all of their tokens pass (vmin -inf, kmin 2**32).
+        A token binned in a full bin needs that bin's entry key, so a key at least the smallest entry key of all
+        bins up to its own (a prefix minimum) is needed. A latent's tokens from the first bin whose prefix minimum
+        falls below `cut` upward pass by value, those below it by key, so every key bar is >= `cut`; a latent
+        whose first bin is already below takes all its tokens (vmin -inf, kmin 2**32). Both tests pass more often
+        as the value grows, so whenever any token of a context passes, its maximum does too, and the per-context
+        maxima stay exact. Bins below `low_L` (the batch's smallest value, when known) receive nothing: skipped.
         """
-        min_keys_LN = self._min_keys()
-        n_full_L = (min_keys_LN >= 0).long().cumprod(1).sum(1)
-        kmin_L = torch.cummin(min_keys_LN, 1).values.gather(1, (n_full_L - 1).clamp(min=0)[:, None])[:, 0]
-        # a relative margin keeps every value that `bins` puts at or above the first free bin
-        vmin_L = torch.where(n_full_L < self.n, n_full_L / self.n * max_L * (1 - 1e-5), torch.inf)
-        take_all = changed_L | (n_full_L == 0)
+        if low_L is not None:
+            low_bin_L = torch.where(torch.isfinite(low_L) & (max_L > 0), self.bins(low_L, max_L), 0)
+            empty_LN = torch.arange(self.n, device=max_L.device) < low_bin_L[:, None]
+            min_keys_LN = torch.where(empty_LN, 2**32, min_keys_LN)
+        prefix_LN = torch.cummin(min_keys_LN, 1).values
+        by_key_L = (prefix_LN >= cut).sum(1)  # bins whose tokens can be told apart by key alone
+        kmin_L = prefix_LN.gather(1, (by_key_L - 1).clamp(min=0)[:, None])[:, 0]
+        # a relative margin keeps every value that `bins` puts at or above the first bin passed by value
+        vmin_L = torch.where(by_key_L < self.n, by_key_L / self.n * max_L * (1 - 1e-5), torch.inf)
+        take_all = by_key_L == 0
         return torch.where(take_all, -torch.inf, vmin_L), torch.where(take_all, 2**32, kmin_L)
 
-    def update(self, l_N, v_N, gid_N, max_L: torch.Tensor, changed_L: torch.Tensor, step: int) -> None:
-        """Offer per-context maxima (one entry per latent and context) after the running max became `max_L`."""
-        ctx_N = gid_N // self.ctx_len
-        bin_N = self.bins(v_N, max_L[l_N])
-        enter = changed_L[l_N] | (context_key(ctx_N, self.seed) >= self._min_keys()[l_N, bin_N])
-        l_N, v_N, gid_N, ctx_N = l_N[enter], v_N[enter], gid_N[enter], ctx_N[enter]
-        held_N = (self.gids_LS[l_N] // self.ctx_len == ctx_N[:, None]).any(1)
-        new = ~held_N
-        rows = torch.unique(torch.cat([l_N[new], changed_L.nonzero()[:, 0]]))
-        self.refill(rows, l_N[new], v_N[new], gid_N[new], torch.full_like(gid_N[new], step), max_L)
+    def update(self, l_N, v_N, gid_N, key_N, min_keys_LN, max_L: torch.Tensor, step: int) -> None:
+        """Offer per-context maxima (one entry per latent and context; `key_N` their context keys). The running
+        max is `max_L`, the samples already re-binned to it, and `min_keys_LN` is `min_keys()` since."""
+        enter = key_N >= min_keys_LN[l_N, self.bins(v_N, max_L[l_N])]
+        l_N, v_N, gid_N, key_N = l_N[enter], v_N[enter], gid_N[enter], key_N[enter]
+        new = ~(self.gids_LS[l_N] // self.ctx_len == (gid_N // self.ctx_len)[:, None]).any(1)
+        self.refill(torch.unique(l_N[new]), l_N[new], v_N[new], gid_N[new], key_N[new],
+                    torch.full_like(gid_N[new], step), max_L)
 
-    def refill(self, rows_R, l_N, v_N, gid_N, steps_N, max_L: torch.Tensor) -> None:
+    def rebin(self, rows_R: torch.Tensor, max_L: torch.Tensor) -> None:
+        """Re-bin latents whose running max rose to `max_L`; overflowing bins keep their highest keys."""
+        none = rows_R[:0]
+        self.refill(rows_R, none, self.vals_LS.new_empty(0), none, none, none, max_L)
+
+    def refill(self, rows_R, l_N, v_N, gid_N, key_N, steps_N, max_L: torch.Tensor) -> None:
         """Rebuild latents `rows_R` from what they hold plus new entries (whose contexts they do not hold)."""
         r_N, hv_N, hg_N, hs_N = held_entries(self.vals_LS[rows_R], self.gids_LS[rows_R], self.steps_LS[rows_R])
         l_N, v_N = torch.cat([rows_R[r_N], l_N]), torch.cat([hv_N, v_N.float()])
+        key_N = torch.cat([context_key(hg_N // self.ctx_len, self.seed), key_N])
         gid_N, steps_N = torch.cat([hg_N, gid_N]), torch.cat([hs_N, steps_N])
         bin_N = self.bins(v_N, max_L[l_N])
-        order, rank = rank_in_groups(l_N * self.n + bin_N, _M32 - context_key(gid_N // self.ctx_len, self.seed), gid_N)
+        order, rank = rank_in_groups(l_N * self.n + bin_N, _M32 - key_N, gid_N)
         order, rank = order[rank < self.per], rank[rank < self.per]
         for buf, fill in ((self.vals_LS, -torch.inf), (self.gids_LS, -1), (self.steps_LS, -1)):
             buf[rows_R] = fill
@@ -146,8 +157,7 @@ def held_entries(vals_LW, gids_LW, steps_LW):
     return held.nonzero()[:, 0], vals_LW[held], gids_LW[held], steps_LW[held]
 
 
-def best_per_context(l_N, v_N, gid_N, steps_N, ctx_len: int):
-    """Keep one entry per (latent, context): the highest value, then the lowest global id."""
+def best_per_context(l_N, v_N, gid_N, ctx_len: int) -> torch.Tensor:
+    """Indices of one entry per (latent, context): the highest value, then the lowest global id."""
     order, rank = rank_in_groups(pair_groups(l_N, gid_N // ctx_len), desc_value(v_N), gid_N)
-    best = order[rank == 0]
-    return l_N[best], v_N[best], gid_N[best], steps_N[best]
+    return order[rank == 0]

@@ -24,6 +24,7 @@ import torch
 
 _MARKERS = str.maketrans({"Ġ": " ", "▁": " ", "Ċ": "\n", "ĉ": "\t"})
 _WORD = re.compile(r"\w+")
+_ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣"})
 
 
 def top_rows(samples: pd.DataFrame, phase: str | None = "final") -> pd.DataFrame:
@@ -87,7 +88,7 @@ def _has_alnum(text: str) -> bool:
 def _shown(text: str) -> str:
     """A token as a label shows it: stripped, or escaped when it has no letter or digit ('\\n\\n', '␣')."""
     stripped = text.strip()
-    return stripped if _has_alnum(stripped) else repr(stripped or text)[1:-1].replace(" ", "␣")
+    return stripped if _has_alnum(stripped) else (stripped or text).translate(_ESCAPES)
 
 
 def top_tokens(samples: pd.DataFrame, unit: str = "token", weight: str = "activation", per_latent: bool = True,
@@ -162,7 +163,7 @@ def direct_logits(transcoder, model, latents) -> torch.Tensor:
     """
     gain_D, centre = final_norm(model)
     W_U = model.get_output_embeddings().weight  # [V, D]
-    d_LD = transcoder.W_dec[torch.as_tensor(latents, dtype=torch.long)].to(W_U.device, torch.float32)
+    d_LD = transcoder.W_dec[torch.tensor(np.asarray(latents), dtype=torch.long)].to(W_U.device, torch.float32)
     if centre:
         d_LD = d_LD - d_LD.mean(-1, keepdim=True)
     return (d_LD * gain_D.float()) @ W_U.float().T

@@ -49,7 +49,8 @@ class RunConfig:
     collector: CollectorConfig = field(default_factory=lambda: CollectorConfig(ctx_len=128))
     """Top-k sample collection settings."""
     eval_contexts: int = 64
-    """Held-out contexts for the final metrics and the frozen top-k pass (at most store.holdout_contexts)."""
+    """Held-out contexts for the spliced-CE metrics (at most store.holdout_contexts; the specialization analysis
+    and the frozen top-k pass use all held-out contexts)."""
 
     def __post_init__(self):
         if not 1 <= self.eval_contexts <= self.store.holdout_contexts:
@@ -99,20 +100,20 @@ SMOKE = RunConfig(
     name="smoke",
     latents=LatentSpec(d_latent=4608, activation="topk", k=32),
     store=StoreConfig(ctx_len=64, batch_size=1024, refill_contexts=128, shuffle_contexts=1024, lm_batch=32,
-                      holdout_contexts=48, autocast=True),
-    train=TrainConfig(steps=160, lr=1e-3, checkpoint_every=40, log_every=10, dead_window=100_000),
+                      holdout_contexts=320, autocast=True),
+    train=TrainConfig(steps=160, lr=3e-3, checkpoint_every=40, log_every=10, dead_window=100_000),
     collector=CollectorConfig(ctx_len=64, k=16, window_before=24, window_after=8),
-    eval_contexts=48,
+    eval_contexts=96,
 )
 
 CPU = RunConfig(
     name="cpu",
     latents=LatentSpec(d_latent=9216, activation="topk", k=32),
     store=StoreConfig(ctx_len=128, batch_size=4096, refill_contexts=256, shuffle_contexts=2048, lm_batch=32,
-                      holdout_contexts=192, autocast=True),
-    train=TrainConfig(steps=800, lr=5e-4, checkpoint_every=100, log_every=20, dead_window=1_000_000),
+                      holdout_contexts=640, autocast=True),
+    train=TrainConfig(steps=800, lr=2e-3, checkpoint_every=100, log_every=20, dead_window=1_000_000),
     collector=CollectorConfig(ctx_len=128, k=20, window_before=32, window_after=8),
-    eval_contexts=192,
+    eval_contexts=160,
 )
 
 # The GPU target: Gemma Scope's width_16k shape at layer 8, bf16 model, streamed Pile with its domain labels.

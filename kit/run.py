@@ -17,7 +17,7 @@ from kit.collector import TopKCollector, drift, merge_distributed
 from kit.evaluate import evaluate
 from kit.models import load_model
 from kit.presets import RunConfig
-from kit.samples import final_pass, latent_table, samples_frame
+from kit.samples import InputCache, final_pass, latent_table, samples_frame
 from kit.store import TranscoderActivationsStore
 from kit.trainer import Trainer
 from kit.transcoder import Transcoder, TranscoderConfig
@@ -83,9 +83,11 @@ def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool
     tc, store = trainer.export().eval(), trainer.store
     tc.save(out / "transcoder")
     metrics = evaluate(tc, store, config.eval_contexts, trainer.dead_fraction)
-    seen = sorted(store.seen_contexts() | set(store.holdout_indices[:config.eval_contexts]))
-    final = final_pass(tc, store, seen, config.collector, config.train.steps, progress)
-    df = samples_frame({"training": trainer.collector, "final": final}, tc, store, progress)
+    seen = sorted(store.seen_contexts() | set(store.holdout_indices))
+    cache = InputCache(store)  # the final pass keeps the inputs, so the windows are re-scored without the LM
+    final = final_pass(tc, store, seen, config.collector, config.train.steps, progress, cache)
+    df = samples_frame({"training": trainer.collector, "final": final}, tc, store, progress, cache)
+    del cache
     per_latent, total = drift(df[df.phase == "training"], df[df.phase == "final"])
     metrics |= {"drift": total, "tokens_seen": trainer.step * config.store.batch_size,
                 "train_seconds": seconds, "collector": trainer.collector.summary()}
@@ -93,8 +95,9 @@ def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool
     latent_table(df, per_latent, tc.cfg.d_latent).to_csv(out / "latents.csv", index=False)
     _write_json(out / "metrics.json", metrics)
     if report:
+        from kit.interpret import interpret_run
         from kit.report import write_report
-        write_report(out)
+        write_report(out, *interpret_run(out, store, progress=progress))
     return metrics
 
 

@@ -22,20 +22,43 @@ def _encode(transcoder, x_ND: torch.Tensor):
     return (out.top_idx, out.top_vals) if out.top_idx is not None else out.acts
 
 
+class InputCache:
+    """Transcoder inputs of whole contexts kept from the final pass, so re-scoring the sample windows needs no
+    second language-model pass; contexts past `max_bytes` are recomputed instead."""
+
+    def __init__(self, store, max_bytes: float = 4e9):
+        self.store, self.max_bytes, self.x, self.bytes = store, max_bytes, {}, 0
+
+    def add(self, indices, x_NTD: torch.Tensor) -> None:
+        for i, x in zip(indices, x_NTD):
+            if self.bytes + x.numel() * x.element_size() > self.max_bytes:
+                return
+            self.x[int(i)] = x
+            self.bytes += x.numel() * x.element_size()
+
+    def get(self, indices) -> torch.Tensor:
+        missing = [int(i) for i in indices if int(i) not in self.x]
+        fresh = dict(zip(missing, self.store.activations_for_contexts(missing)[0])) if missing else {}
+        return torch.stack([self.x[int(i)] if int(i) in self.x else fresh[int(i)] for i in indices])
+
+
 @torch.no_grad()
-def final_pass(transcoder, store, indices, config, step: int, progress: bool = True) -> TopKCollector:
-    """Re-collect the top-k over `indices` (table contexts) with frozen weights."""
+def final_pass(transcoder, store, indices, config, step: int, progress: bool = True, cache: InputCache = None):
+    """Re-collect the top-k over `indices` (table contexts) with frozen weights; fills `cache` when given."""
     collector = TopKCollector(transcoder.cfg.d_latent, config, transcoder.W_dec.device)
     T, chunk = store.config.ctx_len, store.config.lm_batch
     for start in tqdm(range(0, len(indices), chunk), desc="final top-k pass", disable=not progress):
         idx = torch.as_tensor(indices[start:start + chunk])
         x, _, mask = store.activations_for_contexts(idx)
+        if cache is not None:
+            cache.add(idx.tolist(), x)
         gids = (idx[:, None] * T + torch.arange(T)[None, :])[mask]
         collector.update(_encode(transcoder, x[mask]), gids.to(transcoder.W_dec.device), step)
     return collector
 
 
-def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progress: bool = True) -> pd.DataFrame:
+def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progress: bool = True,
+                  cache: InputCache | None = None) -> pd.DataFrame:
     """One row per (latent, phase, kind, rank) with provenance and re-scored windows (see docs/run-folder.md)."""
     frames = [c.samples().assign(phase=phase) for phase, c in collectors.items()]
     df = pd.concat(frames, ignore_index=True)
@@ -46,7 +69,8 @@ def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progr
     ctx, start, stop = window_slices(df["global_id"].to_numpy(), T, cfg.window_before, cfg.window_after)
     lengths = np.array([store.contexts[c].length for c in range(len(store.contexts))])
     stop = np.minimum(stop, lengths[ctx])  # never into padding
-    acts = _window_acts(transcoder, store, ctx, start, stop, df["latent"].to_numpy(), progress)
+    acts = _window_acts(transcoder, cache or InputCache(store, 0), ctx, start, stop, df["latent"].to_numpy(),
+                        store.config.lm_batch, progress)
     meta = [store.contexts[c] for c in ctx]
     ids = [list(m.token_ids[s:e]) for m, s, e in zip(meta, start, stop)]
     pieces = _token_strings(store.tokenizer, ids)
@@ -59,14 +83,14 @@ def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progr
 
 
 @torch.no_grad()
-def _window_acts(transcoder, store, ctx, start, stop, latent, progress) -> list[list[float]]:
+def _window_acts(transcoder, cache: InputCache, ctx, start, stop, latent, chunk: int, progress) -> list[list[float]]:
     """This latent's activation on every window token, re-scored with the current (final) weights."""
     out: list = [None] * len(ctx)
     contexts = np.unique(ctx)
-    chunk, width = store.config.lm_batch, int((stop - start).max())
+    width = int((stop - start).max())
     for i in tqdm(range(0, len(contexts), chunk), desc="re-scoring sample windows", disable=not progress):
         part = contexts[i:i + chunk]
-        x, _, _ = store.activations_for_contexts(part)
+        x = cache.get(part.tolist())
         n, T, d = x.shape
         acts = transcoder.encode(x.reshape(n * T, d).to(transcoder.W_dec)).reshape(n, T, -1).float().cpu()
         rows = np.nonzero(np.isin(ctx, part))[0]

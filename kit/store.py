@@ -182,10 +182,15 @@ class TranscoderActivationsStore:
         """Width of the transcoder target."""
         return d_model(self.model)
 
+    def context_at(self, index: int) -> Context:
+        """The table context `index` (reading the source ahead when a saved run refers to a later one)."""
+        self._fill_table(int(index) + 1)
+        return self.contexts[int(index)]
+
     @torch.inference_mode()
     def activations_for_contexts(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(x_NTD, y_NTD, mask_NT)` for table contexts; `mask` is False on BOS and padding."""
-        tokens, mask = stack_tokens([self.contexts[int(i)] for i in indices])
+        tokens, mask = stack_tokens([self.context_at(i) for i in indices])
         mask[:, 0] = False
         xs, ys = [], []
         for start in range(0, len(tokens), self.config.lm_batch):
@@ -235,6 +240,8 @@ class TranscoderActivationsStore:
     def context(self, global_id: int, before: int = 32, after: int = 8) -> list[int]:
         """Token ids around a token, clipped to its own context (a large `before` reaches back to its BOS)."""
         index, pos = divmod(int(global_id), self.config.ctx_len)
+        if index >= 0:
+            self._fill_table(index + 1)  # a fresh store reads ahead to reach a saved run's contexts
         if not 0 <= index < len(self.contexts):
             raise ValueError(f"global id {global_id} refers to context {index}, but the store has "
                              f"{len(self.contexts)} contexts")

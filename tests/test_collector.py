@@ -171,11 +171,22 @@ def test_interval_samples_stay_in_their_bins(path):
 
 
 def reservoir_reference(stream, n, per, seed):
-    """Streaming reference of the documented rule: each batch, raise the running max, offer each context's
-    batch maximum unless the latent already holds that context, bin everything by value / max, and keep per
-    (latent, bin) the `per` highest context keys (ties: lower global id)."""
+    """Streaming reference of the documented rule: each batch, raise each latent's running max and re-bin its
+    samples; then offer each context's batch maximum unless the latent already holds that context; bin by
+    value / max and keep per (latent, bin) the `per` highest context keys (ties: lower global id)."""
     held = [{} for _ in range(L)]  # context -> (key, gid, value, step)
     max_L = np.full(L, -np.inf, dtype=np.float32)
+
+    def bin_of(v, l):
+        return min(int(np.floor(v / max_L[l] * np.float32(n))), n - 1)
+
+    def cut(l):
+        by_bin = {}
+        for c, (key, gid, v, _) in held[l].items():
+            by_bin.setdefault(bin_of(v, l), []).append((-key, gid, c))
+        keep = {c for entries in by_bin.values() for _, _, c in sorted(entries)[:per]}
+        held[l] = {c: e for c, e in held[l].items() if c in keep}
+
     for acts, gids, step in stream:
         best = {}
         for row, gid in zip(acts.numpy(), gids.tolist()):
@@ -184,22 +195,21 @@ def reservoir_reference(stream, n, per, seed):
                 best[(l, c)] = min(best.get((l, c), cand), cand)
         for (l, c), (nv, gid) in best.items():
             max_L[l] = max(max_L[l], -nv)
+        for l in range(L):
+            cut(l)
+        for (l, c), (nv, gid) in best.items():
             if c not in held[l]:
                 held[l][c] = (int(context_key(torch.tensor([c]), seed)), gid, -nv, step)
-        for l in range(L):  # re-bin against the running max, then cut every bin back to its top keys
-            by_bin = {}
-            for c, (key, gid, v, _) in held[l].items():
-                by_bin.setdefault(min(int(np.floor(v / max_L[l] * np.float32(n))), n - 1), []).append((-key, gid, c))
-            keep = {c for entries in by_bin.values() for _, _, c in sorted(entries)[:per]}
-            held[l] = {c: e for c, e in held[l].items() if c in keep}
-    return {(l, min(int(np.floor(e[2] / max_L[l] * np.float32(n))), n - 1), e[1], float(e[2]), e[3])
-            for l in range(L) for e in held[l].values()}
+        for l in range(L):
+            cut(l)
+    return {(l, bin_of(e[2], l), e[1], float(e[2]), e[3]) for l in range(L) for e in held[l].values()}
 
 
 RESERVOIR_CASES = {  # seed, per_interval, n_intervals, n_batches, density, contexts, power (a longer tail)
     "rising max": (3, 1, 4, 40, 0.3, 60, 4),
     "two per bin": (4, 2, 5, 20, 0.5, 40, 2),
     "planted max": (4, 2, 5, 20, 0.5, 40, 2),
+    "bounded below": (3, 1, 5, 40, 0.3, 60, 4),  # like TopK: no value under half the max, low bins stay empty
 }
 
 
@@ -209,6 +219,8 @@ def test_interval_reservoir_equals_reference(case, path):
     seed, per, n, n_batches, density, n_ctx, power = RESERVOIR_CASES[case]
     stream = make_stream(seed=seed, n_batches=n_batches, density=density, contexts=range(n_ctx))
     stream = [(a ** power, g, s) for a, g, s in stream]  # upper bins fill slowly, the max keeps rising
+    if case == "bounded below":
+        stream = [(torch.where(a > 0, 0.5 + a, 0.0), g, s) for a, g, s in stream]
     if case == "planted max":  # every latent's max in the first batch: bins never move
         first = stream[0][0]
         first[torch.arange(L) % len(first), torch.arange(L)] = 1.0
@@ -313,3 +325,20 @@ def test_ranking_helpers():
     keys = context_key(torch.arange(20000), seed=0)
     assert keys.min() >= 0 and keys.max() < 2**32 and len(keys.unique()) > 19990
     assert abs(keys.float().mean().item() / 2**32 - 0.5) < 0.01  # uniform enough to sample by
+
+
+def test_bf16_acts_collect_like_their_float32_values():
+    stream = [(a.bfloat16(), g, s) for a, g, s in make_stream(seed=13)]
+    low = collect(stream, k=4, threshold=0.25).state_dict()
+    high = collect([(a.float(), g, s) for a, g, s in stream], k=4, threshold=0.25).state_dict()
+    assert all(torch.equal(low[n], high[n]) for n in low)
+
+
+@pytest.mark.gpu
+def test_cuda_collects_like_cpu():
+    stream = make_stream(seed=14)
+    cpu = collect(stream, sparse_k=6, k=4).state_dict()
+    gpu = TopKCollector(L, CollectorConfig(ctx_len=CTX_LEN, k=4), device="cuda")
+    for acts, gids, step in stream:
+        gpu.update(tuple(t.cuda() for t in sparse(acts)), gids, step)
+    assert all(torch.equal(cpu[n], t.cpu()) for n, t in gpu.state_dict().items())

@@ -156,11 +156,11 @@ def test_top_rows_keeps_one_phase_of_top_samples():
 
 
 def test_symbols_are_kept_escaped_on_request_and_fill_empty_labels():
-    samples = pd.DataFrame({"latent": [0, 1], "context_tokens": [[" end", "\n\n", " ", ","], [" the", " cat"]],
+    samples = pd.DataFrame({"latent": [0, 1], "context_tokens": [[" end", "\n\n", " ", "\\"], [" the", " cat"]],
                             "context_acts": [[0.0, 3.0, 2.0, 1.0], [1.0, 0.5]]})
     assert top_tokens(samples)["latent"].tolist() == [1, 1]  # latent 0 fires only on symbols
     tokens = top_tokens(samples, symbols=True)
-    assert tokens.loc[tokens["latent"] == 0, "text"].tolist() == ["\\n\\n", "␣", ","]
+    assert tokens.loc[tokens["latent"] == 0, "text"].tolist() == ["\\n\\n", "␣", "\\"]
     table = pd.DataFrame({"latent": [0, 1], "category": ["specialist", "generalist"], "top_domain": ["medicine", "x"]})
     words = top_tokens(samples, unit="word")
     assert latent_labels(table, words).tolist() == ["medicine", "generalist · the, cat"]

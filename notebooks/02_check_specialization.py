@@ -1,0 +1,135 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Do latents specialize by domain?
+# For every latent we count where it fires on a labelled, held-out evaluation set (not only its top-k), test that
+# against the domains' base rates, and compare with two nulls: shuffled domain labels and a random transcoder.
+# Then we look at text patterns, the logit lens and labels, and write the interpretability report.
+
+# %% tags=["parameters"]
+import os
+
+PRESET = os.environ.get("KIT_PRESET", "smoke")
+
+# %%
+import pandas as pd
+import plotly.express as px
+import torch
+
+from kit import load_model
+from kit.analysis import SpecializationConfig, strength_hierarchy
+from kit.figures import domain_heatmap
+from kit.interpret import interpret_run
+from kit.presets import get_preset, run_dir
+from kit.report import write_report
+from kit.run import ensure_run
+from kit.store import TranscoderActivationsStore
+from kit.widgets import setup_plotly
+
+setup_plotly()
+config = get_preset(PRESET)
+out = run_dir(config.name)
+
+# %% [markdown]
+# ## 1. The run
+# This loads the run notebook 01 saved, or trains it now if there is none.
+
+# %%
+model, tok = load_model(config.model, dtype=getattr(torch, config.model_dtype),
+                        device="cuda" if torch.cuda.is_available() else "cpu")
+metrics = ensure_run(config, out, model=model, tokenizer=tok)
+print(f"FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, CE loss recovered {metrics['ce_loss_recovered']:.1%}")
+
+# %% [markdown]
+# ## 2. Specialization with both nulls
+# The evaluation set is the store's held-out contexts; each has a domain label. Thresholds are in
+# `SpecializationConfig` (a latent is a specialist when its context-level G-test survives Benjamini–Hochberg at
+# q < 0.01, its top domain holds at least half its firings and at least twice that domain's base rate).
+
+# %%
+store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
+spec_config = SpecializationConfig()
+analysis, patterns = interpret_run(out, store, spec_config)
+summary = pd.DataFrame(analysis["summary"]).T
+summary[["alive", "dead_frac", "specialist_frac", "specialist_frac_alive", "median_top_lift_testable"]].round(3)
+
+# %% [markdown]
+# Specialists per domain, for the trained transcoder and the two nulls (same data, same thresholds):
+
+# %%
+per_domain = summary[[c for c in summary.columns if c.startswith("specialists_")]].T
+per_domain.index = [c.removeprefix("specialists_") for c in per_domain.index]
+per_domain[["trained", "shuffled", "random"]].astype(int)
+
+# %% [markdown]
+# ## 3. The latent × domain heatmap
+# Firing rate per domain for the specialists with the highest lift (rows), so the diagonal structure is visible.
+
+# %%
+table = analysis["latents"]
+specialists = table[table["class"] == "specialist"].sort_values("top_lift", ascending=False)
+shown = specialists.latent.head(30).tolist() or table.sort_values("top_lift", ascending=False).latent.head(30).tolist()
+domain_heatmap(analysis["profile"], shown)
+
+# %% [markdown]
+# ## 4. Do specialists fire more strongly?
+# Mean activation when firing, specialists against generalists: effect sizes and a Mann–Whitney test.
+
+# %%
+hierarchy = strength_hierarchy(table.rename(columns={"class": "category"}))
+print(analysis["hierarchy"])
+pd.Series(hierarchy).to_frame("value")
+
+# %%
+px.box(table[table["class"].isin(["specialist", "generalist"])], x="class", y="mean_act", points=False,
+       title="Mean activation when firing, by class")
+
+# %% [markdown]
+# ## 5. Style can masquerade as topic
+# Headlines (medicine, finance), lowercase chat and Early Modern English differ in *style* as well as topic.
+
+# %%
+print(analysis["caveat"])
+
+# %% [markdown]
+# ## 6. Text patterns, logit lens and labels
+# Top activation-weighted words per latent, the tokens each decoder direction promotes directly, and the
+# automatic label made from both (no LLM).
+
+# %%
+lens = patterns["logit_lens"].set_index("latent")
+cards = table.set_index("latent").loc[lens.index[:12], ["class", "top_domain", "label"]]
+cards["promotes"] = [", ".join(map(repr, p[:5])) for p in lens.promoted[:12]]
+print(patterns["logit_lens_caveat"])
+cards
+
+# %%
+pd.Series(patterns["length_stats"]).to_frame("sample windows and evaluation contexts")
+
+# %% [markdown]
+# ## 7. The report
+# `report.md` and a self-contained `report.html` (no scripts, no network) go into the run folder.
+
+# %%
+md_path, html_path = write_report(out, analysis, patterns)
+print(md_path, html_path, f"{html_path.stat().st_size / 1e3:.0f} kB")
+
+# %% [markdown]
+# ## Checks
+
+# %%
+trained, shuffled = summary.loc["trained"], summary.loc["shuffled"]
+assert trained.specialist_frac >= shuffled.specialist_frac, "shuffled labels produced more specialists than real ones"
+assert shuffled.specialist_frac <= 0.01, f"the shuffled null flags {shuffled.specialist_frac:.1%} of latents"
+assert set(table["class"]) <= {"specialist", "generalist", "dead", "dense"}, "unknown latent class"
+assert html_path.exists() and "<script" not in html_path.read_text(), "report.html missing or not script-free"
