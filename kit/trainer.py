@@ -118,7 +118,7 @@ class Trainer:
         if step == 0:
             self.tc.init_b_dec(y)  # start from the mean-ablation baseline
         out = self.tc(x)
-        loss = self.loss(out, y, step)
+        loss = self.loss(out, x, y, step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped before the optimizer step, so "
                                      "no checkpoint holds poisoned weights (lower the lr or check the inputs)")
@@ -150,7 +150,7 @@ class Trainer:
         checkpoint.load(self, path)
         return True
 
-    def loss(self, out, y, step: int) -> torch.Tensor:
+    def loss(self, out, x, y, step: int) -> torch.Tensor:
         """Reconstruction plus the activation's sparsity or dead-latent term."""
         loss = mse_loss(out.y_hat, y)
         act, coeff = self.tc.cfg.activation, self.cfg.sparsity_coeff * sparsity_multiplier(step, self.cfg.schedule)
@@ -161,7 +161,11 @@ class Trainer:
         elif act in ("topk", "batchtopk") and self.cfg.auxk_coeff > 0:
             dead = self.since_fired >= self.cfg.dead_window
             if dead.any():
-                aux = auxk_loss(out.pre_acts, y - out.y_hat, self.tc.W_dec, dead, self.cfg.k_aux)
+                # Pre-activations of the dead latents only, with gradient (TopK's out.pre_acts has none).
+                cols = dead.nonzero()[:, 0]
+                pre_dead = torch.addmm(self.tc.b_enc[cols], x, self.tc.W_enc[:, cols])
+                aux = auxk_loss(pre_dead, y - out.y_hat, self.tc.W_dec[cols], torch.ones_like(cols, dtype=torch.bool),
+                                self.cfg.k_aux)
                 loss = loss + self.cfg.auxk_coeff * aux
         return loss
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kit.topk_encoder import TopKEncode
+
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16, "float64": torch.float64}
@@ -186,6 +188,14 @@ class Transcoder(nn.Module):
         return self._add_skip(y_BD + self.b_dec, x_BD)
 
     def forward(self, x_BD: torch.Tensor) -> TranscoderOutput:
+        if self.cfg.activation == "topk" and torch.is_grad_enabled():
+            # Same values as below; the backward reads only the k selected latents (kit/topk_encoder.py).
+            # pre_acts then carries no gradient: AuxK recomputes the dead latents' pre-activations itself.
+            self._pre_acts(x_BD[:0])  # shape check
+            top_vals_BK, top_idx_BK, pre_BL = TopKEncode.apply(x_BD, self.W_enc, self.b_enc, self.cfg.k)
+            acts_BL = torch.zeros_like(pre_BL).scatter_(1, top_idx_BK, top_vals_BK.detach())
+            y_hat_BD = self.decode_sparse(top_idx_BK, top_vals_BK, x_BD)
+            return TranscoderOutput(y_hat_BD, acts_BL, top_idx_BK, top_vals_BK, pre_BL)
         pre_BL = self._pre_acts(x_BD)
         acts_BL, top_idx_BK, top_vals_BK = self._activate(pre_BL)
         if top_idx_BK is None:

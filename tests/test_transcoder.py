@@ -308,3 +308,24 @@ def test_auxk_is_zero_without_dead_latents():
     assert loss.item() == 0.0
     with pytest.raises(ValueError, match="dead_L must be a bool tensor"):
         auxk_loss(pre, torch.randn(6, 5), W_dec, torch.zeros(8))
+
+
+def test_fused_topk_backward_matches_dense_autograd():
+    """The sparse backward of kit.topk_encoder gives the gradients plain autograd through topk gives."""
+    from kit.topk_encoder import TopKEncode
+    torch.manual_seed(3)
+    x = torch.randn(64, 12, requires_grad=True)
+    W = torch.randn(12, 40, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    g = torch.randn(64, 5)
+    pre = torch.addmm(b, x, W)
+    vals, idx = pre.topk(5, dim=1, sorted=False)
+    (vals.clamp_min(0) * g).sum().backward()
+    dense = [t.grad.clone() for t in (x, W, b)]
+    for t in (x, W, b):
+        t.grad = None
+    fvals, fidx, fpre = TopKEncode.apply(x, W, b, 5)
+    assert torch.equal(fidx, idx) and torch.equal(fvals, vals.clamp_min(0)) and not fpre.requires_grad
+    (fvals * g).sum().backward()
+    for got, want in zip((x.grad, W.grad, b.grad), dense):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
