@@ -52,7 +52,10 @@ def auxk_loss(pre_acts_BL: torch.Tensor, residual_BD: torch.Tensor, W_dec_LD: to
     dead_pre_BL = pre_acts_BL.masked_fill(~dead_L, float("-inf"))
     vals_BK, idx_BK = dead_pre_BL.topk(min(k_aux, n_dead), dim=-1, sorted=False)
     weights_BK = F.relu(vals_BK).to(W_dec_LD.dtype)
-    e_hat_BD = F.embedding_bag(idx_BK, W_dec_LD, per_sample_weights=weights_BK, mode="sum")
+    # Dense scatter + matmul rather than embedding_bag: k_aux is in the hundreds, where embedding_bag's per-row
+    # backward is several times slower than one [B, n_dead] @ [n_dead, D] matmul on a CPU.
+    acts_BL = torch.zeros(pre_acts_BL.shape, dtype=W_dec_LD.dtype, device=W_dec_LD.device)
+    e_hat_BD = acts_BL.scatter(1, idx_BK, weights_BK) @ W_dec_LD
     e_BD = residual_BD.detach()
     acc = torch.promote_types(e_hat_BD.dtype, torch.float32)  # sums in at least float32 under bf16
     error = (e_hat_BD - e_BD).to(acc).square().sum()
