@@ -111,7 +111,7 @@ CPU = RunConfig(
     latents=LatentSpec(d_latent=9216, activation="topk", k=32),
     store=StoreConfig(ctx_len=128, batch_size=4096, refill_contexts=256, shuffle_contexts=2048, lm_batch=32,
                       holdout_contexts=640, autocast=True),
-    train=TrainConfig(steps=600, lr=2e-3, checkpoint_every=100, log_every=20, dead_window=1_000_000),
+    train=TrainConfig(steps=400, lr=1e-3, checkpoint_every=50, log_every=20, dead_window=500_000),
     collector=CollectorConfig(ctx_len=128, k=20, window_before=32, window_after=8),
     eval_contexts=160,
 )

@@ -161,13 +161,26 @@ class Trainer:
         elif act in ("topk", "batchtopk") and self.cfg.auxk_coeff > 0:
             dead = self.since_fired >= self.cfg.dead_window
             if dead.any():
-                # Pre-activations of the dead latents only, with gradient (TopK's out.pre_acts has none).
-                cols = dead.nonzero()[:, 0]
+                cols = self._aux_columns(out.pre_acts, dead)
+                # Pre-activations of those dead latents, with gradient (TopK's out.pre_acts has none).
                 pre_dead = torch.addmm(self.tc.b_enc[cols], x, self.tc.W_enc[:, cols])
                 aux = auxk_loss(pre_dead, y - out.y_hat, self.tc.W_dec[cols], torch.ones_like(cols, dtype=torch.bool),
                                 self.cfg.k_aux)
                 loss = loss + self.cfg.auxk_coeff * aux
         return loss
+
+    AUX_MAX_LATENTS = 1024
+
+    @torch.no_grad()
+    def _aux_columns(self, pre_BL: torch.Tensor, dead_L: torch.Tensor) -> torch.Tensor:
+        """The dead latents AuxK trains: all of them, or the AUX_MAX_LATENTS whose largest pre-activation in this
+        batch is highest (those are the ones AuxK's per-token top-k_aux would pick), so its cost stays bounded
+        when many latents are dead."""
+        cols = dead_L.nonzero()[:, 0]
+        if len(cols) > self.AUX_MAX_LATENTS:
+            best = pre_BL.detach()[:, cols].amax(0).topk(self.AUX_MAX_LATENTS).indices
+            cols = cols[best.sort().values]
+        return cols
 
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     @torch.no_grad()
