@@ -1,17 +1,20 @@
 """Time the TopKCollector against what it rides on and against what it replaces, on one shuffled token stream.
 
-1. Share: one collector update as a share of one TopK transcoder train step (minimal inline TopK encoder,
-   embedding_bag decoder, MSE, backward, Adam), at d_in = d_out = 576, k = 32, 4096 tokens, ctx_len 128, for
-   d_latent 9216 and 16384. Goal <= 5%.
+1. Share: one collector update as a share of one TopK transcoder train step (an inline TopK encoder whose
+   backward reads only the chosen latents, embedding_bag decoder, MSE, Adam: as fast as the kit's own step), at
+   d_in = d_out = 576, k = 32, 4096 tokens, ctx_len 128, for d_latent 9216 and 16384. Goal <= 5%. The first
+   updates cost most (empty buffers take everything); later ones drop most tokens before any sorting.
 2. Speedup over a per-latent heapq collector (a dict of the best token per (latent, context) in the batch, then
    per-latent heaps that keep one entry per context) at L0 32 (TopK pairs) and L0 ~256 (dense ReLU-like acts).
    The heap is timed on fewer batches and compared per token. Goals >= 10x and >= 50x.
 
-The stream mimics the store: 256 contexts' tokens shuffled together per refill, cut into batches.
+The stream mimics the store: 256 contexts' tokens shuffled together per refill, cut into batches; every update
+gets a fresh batch. Timings share the 2-core machine with whatever else runs: the load average is printed.
 
     python bench/collector.py [--updates 30] [--heap-batches 2] [--threads N]
 """
 import argparse
+import gc
 import heapq
 import os
 import statistics
@@ -37,6 +40,29 @@ def stream_gids(n_batches: int, seed: int = 0) -> list[torch.Tensor]:
     return out[:n_batches]
 
 
+class _TopKEncode(torch.autograd.Function):
+    """x @ W_enc + b_enc, top k per row, ReLU. The backward reads only the k chosen latents per row (a sparse
+    product, as in kit/topk_encoder.py and EleutherAI's sparsify), which keeps the step as fast as the kit's."""
+
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DL, b_enc_L, k: int):
+        vals_BK, idx_BK = torch.addmm(b_enc_L, x_BD, W_enc_DL).topk(k, dim=1, sorted=False)
+        ctx.save_for_backward(x_BD, idx_BK, vals_BK > 0)
+        ctx.mark_non_differentiable(idx_BK)
+        ctx.n_latents = W_enc_DL.shape[1]
+        return vals_BK.clamp_min(0), idx_BK
+
+    @staticmethod
+    def backward(ctx, g_vals_BK, g_idx):
+        x_BD, idx_BK, alive_BK = ctx.saved_tensors
+        B, K = idx_BK.shape
+        g_N, l_N = (g_vals_BK * alive_BK).flatten(), idx_BK.flatten()
+        rows_N = torch.arange(B).repeat_interleave(K)
+        g_LB = torch.sparse_coo_tensor(torch.stack([l_N, rows_N]), g_N, (ctx.n_latents, B), check_invariants=False)
+        grad_b = torch.zeros(ctx.n_latents).index_add_(0, l_N, g_N)
+        return None, torch.sparse.mm(g_LB, x_BD).T, grad_b, None
+
+
 class TopKStep:
     """A minimal TopK transcoder and its train step, inline so that the bench depends on nothing else."""
 
@@ -50,8 +76,7 @@ class TopKStep:
         self.x, self.y = torch.randn(BATCH, D, generator=g), torch.randn(BATCH, D, generator=g)
 
     def encode(self, x_BD):
-        vals_BK, idx_BK = (x_BD @ self.W_enc + self.b_enc).topk(K, dim=1)
-        return idx_BK, F.relu(vals_BK)
+        return _TopKEncode.apply(x_BD, self.W_enc, self.b_enc, K)[::-1]  # (top_idx_BK, top_vals_BK)
 
     def step(self):
         idx_BK, vals_BK = self.encode(self.x)
@@ -95,34 +120,44 @@ class HeapCollector:
 
 
 def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    """Seconds `fn()` takes, with the garbage collector off (as timeit does): the heap baseline's millions of
+    Python objects would otherwise make whoever runs next pay for collecting them."""
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
 
 
 def share_of_train_step(d_latent: int, n_updates: int):
-    """Collector updates interleaved with train steps, so that both see the same machine load."""
+    """Collector updates (with and without interval samples) interleaved with train steps, so that all three
+    see the same machine load."""
     model, g = TopKStep(d_latent), torch.Generator().manual_seed(1)
     model.step()
-    with torch.no_grad():  # a few encoded batches, cycled under fresh global ids: the encoder is not timed
-        pool = [model.encode(torch.randn(BATCH, D, generator=g)) for _ in range(4)]
-    for n_intervals in (5, 0):
-        c = TopKCollector(d_latent, CollectorConfig(ctx_len=CTX_LEN, n_intervals=n_intervals))
-        step_times, times = [], []
-        for i, gid_B in enumerate(stream_gids(n_updates)):
-            if i % 6 == 0:
-                step_times.append(timed(model.step))
-            times.append(timed(lambda: c.update(pool[i % len(pool)], gid_B, i)))
-        step_s, late = statistics.median(step_times), statistics.median(times[n_updates // 2:])
-        print(f"d_latent {d_latent}, n_intervals={n_intervals}: train step {step_s * 1e3:.0f} ms "
-              f"({BATCH / step_s:,.0f} tok/s); collector update: first {times[0] * 1e3:.0f} ms = "
-              f"{times[0] / step_s:.1%} of a step, median of the last {n_updates - n_updates // 2} "
-              f"{late * 1e3:.1f} ms = {late / step_s:.2%}, mean of all {statistics.mean(times) / step_s:.2%}")
+    collectors = {n: TopKCollector(d_latent, CollectorConfig(ctx_len=CTX_LEN, n_intervals=n)) for n in (5, 0)}
+    step_times, times = [], {n: [] for n in collectors}
+    for i, gid_B in enumerate(stream_gids(n_updates)):
+        if i % 5 == 0:
+            step_times.append(timed(model.step))
+        with torch.no_grad():  # a fresh batch every update (a stream that repeats itself is too easy)
+            acts = model.encode(torch.randn(BATCH, D, generator=g))
+        for n, c in collectors.items():
+            times[n].append(timed(lambda: c.update(acts, gid_B, i)))
+    step_s = statistics.median(step_times)
+    print(f"d_latent {d_latent}: train step {step_s * 1e3:.0f} ms ({BATCH / step_s:,.0f} tok/s)")
+    for n, t in times.items():
+        late = statistics.median(t[n_updates // 2:])
+        print(f"  collector, n_intervals={n}: first update {t[0] * 1e3:.0f} ms = {t[0] / step_s:.1%} of a step; "
+              f"median of the last {n_updates - n_updates // 2} {late * 1e3:.1f} ms = {late / step_s:.2%}; "
+              f"mean of all {statistics.mean(t) / step_s:.2%}")
 
 
 def speedup_over_heap(label: str, make_acts, n_latents: int, n_updates: int, heap_batches: int):
     """Per-token time of the heap on the first batches against the collector's, the two interleaved."""
-    gids, heap, c = stream_gids(n_updates), HeapCollector(n_latents, 16), TopKCollector(n_latents, CollectorConfig(ctx_len=CTX_LEN))
+    gids, heap = stream_gids(n_updates), HeapCollector(n_latents, 16)
+    c = TopKCollector(n_latents, CollectorConfig(ctx_len=CTX_LEN))
 
     def heap_update(acts, gid_B, i):  # converting to Python lists is part of the heap's cost
         if isinstance(acts, tuple):
@@ -132,9 +167,9 @@ def speedup_over_heap(label: str, make_acts, n_latents: int, n_updates: int, hea
         else:
             nz = acts.nonzero()
             heap.update(nz[:, 0].tolist(), nz[:, 1].tolist(), acts[nz[:, 0], nz[:, 1]].tolist(), gid_B.tolist(), i)
-    heap_s, coll_times, pool = 0.0, [], [make_acts(i) for i in range(max(heap_batches, 4))]
-    for i, gid_B in enumerate(gids):  # the collector cycles a few batches under fresh global ids
-        acts = pool[i % len(pool)]
+    heap_s, coll_times = 0.0, []
+    for i, gid_B in enumerate(gids):
+        acts = make_acts(i)
         if i < heap_batches:
             heap_s += timed(lambda: heap_update(acts, gid_B, i))
         coll_times.append(timed(lambda: c.update(acts, gid_B, i)))
@@ -166,10 +201,11 @@ def main():
     model = TopKStep(9216)
 
     @torch.no_grad()
-    def topk(i):
+    def topk(i):  # a fresh batch every update (a stream that repeats itself is too easy)
         return model.encode(torch.randn(BATCH, D, generator=torch.Generator().manual_seed(100 + i)))
-    # P(z > 1.914) = 256 / 9216 for a standard normal z: about 256 active latents per token
-    dense = lambda i: F.relu(torch.randn(BATCH, 9216, generator=torch.Generator().manual_seed(200 + i)) - 1.914)  # noqa: E731
+
+    def dense(i):  # P(z > 1.914) = 256 / 9216 for a standard normal z: about 256 active latents per token
+        return F.relu(torch.randn(BATCH, 9216, generator=torch.Generator().manual_seed(200 + i)) - 1.914)
     speedup_over_heap("L0 32 (TopK pairs)", topk, 9216, args.updates, args.heap_batches)
     speedup_over_heap(f"L0 {(dense(0) > 0).sum(1).float().mean():.0f} (dense acts)", dense, 9216, args.updates,
                       args.heap_batches)

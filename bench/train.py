@@ -11,6 +11,7 @@
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,27 +21,14 @@ from kit.presets import SMOKE
 from kit.run import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from store import bare_forward  # noqa: E402  (the same baseline as the store benchmark)
 
 
 def bare_forward_tps(model, tokens, lm_batch: int, autocast: bool) -> float:
-    """Tokens/s of plain forwards that stop after layer 8's MLP (an exception raised from a forward hook)."""
-    class Stop(Exception):
-        pass
-
-    def hook(module, inputs, output):
-        raise Stop
-
-    handle = model.model.layers[8].mlp.register_forward_hook(hook)
+    """Tokens/s of plain forwards that stop after layer 8's MLP (bench/store.py's baseline)."""
     start = time.perf_counter()
-    try:
-        for i in range(0, len(tokens), lm_batch):
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                try:
-                    model(tokens[i:i + lm_batch])
-                except Stop:
-                    pass
-    finally:
-        handle.remove()
+    bare_forward(model, tokens, 8, lm_batch, autocast)
     return tokens.numel() / (time.perf_counter() - start)
 
 
@@ -85,7 +73,6 @@ def main():
     args = p.parse_args()
     if not args.skip_step:
         import subprocess
-        import sys
         subprocess.run([sys.executable, str(ROOT / "bench" / "transcoder_step.py")], check=True)
     end_to_end(args.steps)
     quality()

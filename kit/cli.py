@@ -11,7 +11,7 @@ samples.parquet, latents.csv, metrics.json, report.md, report.html).
 
 presets:
   smoke          embedded SmolLM2-135M, layer 8, 4,608 TopK latents, ~160k tokens: a few minutes on 2 cores
-  cpu            embedded SmolLM2-135M, layer 8, 9,216 TopK latents, ~3.3M tokens: under an hour on 2 cores
+  cpu            embedded SmolLM2-135M, layer 8, 9,216 TopK latents, 1.6M tokens: about half an hour on 2 cores
   gemma-2-2b-l8  google/gemma-2-2b (gated: set HF_TOKEN), layer 8, 16,384 TopK latents, bf16, 246M tokens (GPU)
 
 examples:
