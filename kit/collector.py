@@ -23,6 +23,7 @@ import torch
 from kit.intervals import (IntervalSampler, best_per_context, context_key, desc_value, held_entries, pair_groups,
                            rank_in_groups)
 
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """What the collector keeps. How often the trainer calls `update` is the trainer's setting."""
@@ -54,7 +55,8 @@ class CollectorConfig:
                              f"ctx_len={self.ctx_len}, k={self.k}, per_interval={self.per_interval}")
         if min(self.n_intervals, self.seed, self.window_before, self.window_after) < 0:
             raise ValueError("n_intervals, seed, window_before and window_after must be >= 0")
-        if not 0 <= self.threshold < float("inf"):
+        thr = self.threshold
+        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr < float("inf"):
             raise ValueError(f"threshold must be a finite value >= 0 (intervals are bins between 0 and the "
                              f"max), got {self.threshold!r}")
 
@@ -72,6 +74,7 @@ class TopKCollector:
         self.top_steps = torch.full(shape, -1, dtype=torch.long, device=self.device)
         self.intervals = IntervalSampler(n_latents, config.n_intervals, config.per_interval, config.ctx_len,
                                          config.seed, self.device) if config.n_intervals else None
+        self._mask_BL = None  # scratch for dense batches on a CPU, not state
 
     # ---- collecting ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -84,13 +87,12 @@ class TopKCollector:
         if len(gid_B) == 0:
             return
         ctx_C, ctx_B = torch.unique(gid_B // self.config.ctx_len, return_inverse=True)
-        old_max_L = self.top_vals[:, 0]
-        batch_max_L, low_L = self._batch_range(acts, sparse)
-        max_L = torch.fmax(old_max_L, batch_max_L)
         # a token matters only if value >= vmin (below the k-th held value it never enters) or key >= kmin
         vmin_L, key_B, kmin_L = self.top_vals[:, -1], None, None
         if self.intervals is not None:
-            self.intervals.rebin((max_L > old_max_L).nonzero()[:, 0], max_L)
+            batch_max_L, low_L = self._batch_range(acts, sparse)
+            max_L = torch.fmax(self.top_vals[:, 0], batch_max_L)  # the running max, once this batch is in
+            self.intervals.rebin((max_L > self.top_vals[:, 0]).nonzero()[:, 0], max_L)
             min_keys_LN, key_B = self.intervals.min_keys(), context_key(ctx_C, self.config.seed)[ctx_B]
             # dense acts get a second look by key only at rows in the top sixteenth of keys (see _dense_entries)
             cut = 0 if sparse else int(key_B.kthvalue(len(key_B) - len(key_B) // 16).values)
@@ -109,7 +111,7 @@ class TopKCollector:
         sparse acts the minimum above the threshold (None for dense acts: a second pass would cost too much)."""
         thr = self.config.threshold
         if not sparse:
-            max_L = torch.from_numpy(acts.detach().numpy().max(0)) if _numpy_ok(acts) else acts.detach().amax(0).float()
+            max_L = acts.detach().amax(0).float()
             return torch.where(max_L > thr, max_L, -torch.inf), None
         idx_N, v_N = acts[0].to(self.device).flatten().long(), acts[1].flatten().float()
         above = v_N > thr
@@ -142,7 +144,12 @@ class TopKCollector:
         if _numpy_ok(acts_BL):
             bars = [None if t is None else t.numpy() for t in bars]
         acts, vmin, above, key, kmin = bars
-        mask = acts >= vmin  # float32 bars with a dimension promote bf16 acts: every path compares in float32
+        if isinstance(acts, np.ndarray):  # a reused output buffer saves the page faults of a fresh [B, L] mask
+            if self._mask_BL is None or self._mask_BL.shape != acts.shape:
+                self._mask_BL = np.empty(acts.shape, dtype=bool)
+            mask = np.greater_equal(acts, vmin, out=self._mask_BL)
+        else:
+            mask = acts >= vmin  # float32 bars with a dimension promote bf16 acts: every path compares in float32
         if kmin is not None:
             rows = _flatnonzero(key >= kmin.min())
             mask[rows] |= (acts[rows] >= above) & (key[rows, None] >= kmin)
@@ -165,7 +172,8 @@ class TopKCollector:
             self._check_device(vals_BK)
             return True
         if acts.dim() != 2 or acts.shape[1] != L or not acts.is_floating_point():
-            raise ValueError(f"dense acts must be a float [B, n_latents={L}] tensor, got {tuple(acts.shape)} {acts.dtype}")
+            raise ValueError(f"dense acts must be a float [B, n_latents={L}] tensor, got {tuple(acts.shape)} "
+                             f"{acts.dtype}")
         self._check_device(acts)
         return False
 

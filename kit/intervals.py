@@ -42,11 +42,14 @@ def desc_value(v_N: torch.Tensor) -> torch.Tensor:
 def rank_in_groups(group_N: torch.Tensor, desc_N: torch.Tensor, gid_N: torch.Tensor):
     """Sort entries by (group, desc, gid) ascending; return `(order_N, rank_N)`, rank counted within each group.
 
-    `group_N` must lie in [0, 2**31) and `desc_N` in [0, 2**32). The first sort by gid makes ties explicit:
-    equal scores go to the lower global id.
+    `group_N` must lie in [0, 2**31) and `desc_N` in [0, 2**32). Equal scores go to the lower global id: when
+    (group, desc) pairs repeat, the entries are sorted by gid first and the stable sort keeps that order.
     """
-    order = torch.sort(gid_N, stable=True).indices
-    order = order[torch.sort(group_N[order] * 2**32 + desc_N[order], stable=True).indices]
+    packed = group_N * 2**32 + desc_N
+    order = torch.sort(packed, stable=True).indices
+    if len(order) > 1 and bool((packed[order[1:]] == packed[order[:-1]]).any()):
+        order = torch.sort(gid_N, stable=True).indices
+        order = order[torch.sort(packed[order], stable=True).indices]
     g = group_N[order]
     idx = torch.arange(len(g), device=g.device)
     start = torch.ones_like(g, dtype=torch.bool)
@@ -67,7 +70,9 @@ class IntervalSampler:
     """Per latent, up to `per_interval` contexts from each of `n_intervals` equal bins of value / running max.
 
     The reservoir: every context has a fixed random key (`context_key`), and each (latent, bin) keeps the contexts
-    with the highest keys (ties: lower global id) among those offered to it, a uniform sample of them. A context
+    with the highest keys (ties: lower global id) among those offered to it, a uniform sample of them. Keys hashed
+    from the context, rather than drawn from a generator, recognise a context that comes back, make merges
+    order-free and leave no generator state to checkpoint. A context
     counts once per latent: the first sample a latent keeps of it stays, and later batches of that context are
     skipped. Each context's offer is its maximum within the batch, binned by value / the latent's running max.
     Re-binning: when a latent's running max rises, its samples are first re-binned against the new max (a bin

@@ -229,7 +229,8 @@ def test_interval_reservoir_equals_reference(case, path):
     # k=1 keeps the top-k's own token filter from letting through what the interval filter must
     c = collect(stream, sparse_k=12 if path == "sparse" else None, k=1, n_intervals=n, per_interval=per, seed=11)
     ints = c.samples().query("kind == 'interval'")
-    got = {(int(r.latent), int(r.interval), int(r.global_id), float(r.activation), int(r.step)) for r in ints.itertuples()}
+    got = {(int(r.latent), int(r.interval), int(r.global_id), float(r.activation), int(r.step))
+           for r in ints.itertuples()}
     assert len(got) > L * per, "too few interval samples to mean much"
     assert got == reservoir_reference(stream, n, per, seed=11)
 
