@@ -23,7 +23,7 @@ run: setup
 	KIT_PRESET=$(PRESET) $(PY) -m kit notebooks --out runs/$(PRESET)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=3000 tests notebooks
+	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=1800 tests notebooks
 
 bench: setup
 	$(PY) bench/store.py
