@@ -22,8 +22,10 @@ $(VENV)/.installed: pyproject.toml requirements-embedded.txt
 run: setup
 	KIT_PRESET=$(PRESET) $(PY) -m kit notebooks --out runs/$(PRESET)
 
+# --reruns 1: a notebook kernel has twice stalled with nbclient waiting on a lost message under heavy load;
+# a stalled cell times out after 15 min and the notebook is run once more.
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=1800 tests notebooks
+	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 --reruns 1 tests notebooks
 
 bench: setup
 	$(PY) bench/store.py
