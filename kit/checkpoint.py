@@ -100,7 +100,7 @@ def latest(run_dir) -> Path | None:
 def load(trainer, path: Path) -> None:
     """Restore every piece of training state saved by `save`, refusing a checkpoint from another config."""
     meta = json.loads((path / "state.json").read_text())
-    diff = _diff(meta["config"], trainer.config_dict)
+    diff = config_diff(meta["config"], trainer.config_dict)
     if diff:
         raise ValueError(f"checkpoint {path} was written with other settings ({'; '.join(diff[:6])}): resume with "
                          "the original preset and options, or start a new run folder")
@@ -128,12 +128,12 @@ def load(trainer, path: Path) -> None:
         _truncate_history(trainer.run_dir / "history.csv", trainer.step)
 
 
-def _diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
+            out += config_diff(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
     return out

@@ -53,8 +53,8 @@ def ensure_run(config: RunConfig, out, model=None, tokenizer=None, progress: boo
     """The metrics of a finished run of `config` in `out`, training it (or resuming it) first if needed."""
     out = Path(out)
     if (out / "metrics.json").exists() and (out / "config.json").exists():
-        from kit.checkpoint import _diff
-        if not _diff(json.loads((out / "config.json").read_text()), config.to_dict()):
+        from kit.checkpoint import config_diff
+        if not config_diff(json.loads((out / "config.json").read_text()), config.to_dict()):
             return json.loads((out / "metrics.json").read_text())
         raise ValueError(f"{out} holds a finished run of another config: choose another folder or delete it")
     return train_run(config, out, resume=(out / "checkpoints").exists(), progress=progress, model=model,
@@ -126,8 +126,8 @@ def check_run_folder(out: Path, config: RunConfig, resume: bool) -> None:
         raise FileExistsError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or "
                               "choose another --out")
     if resume and saved.exists():
-        from kit.checkpoint import _diff
-        diff = _diff(json.loads(saved.read_text()), config.to_dict())
+        from kit.checkpoint import config_diff
+        diff = config_diff(json.loads(saved.read_text()), config.to_dict())
         if diff:
             raise ValueError(f"cannot resume {out}: its config.json differs ({'; '.join(diff[:6])}); use the "
                              "original preset and options")
