@@ -1,7 +1,14 @@
-"""Atomic, resumable checkpoints of a Trainer: safetensors for tensors, JSON for the rest (no pickle)."""
+"""Atomic, resumable checkpoints of a Trainer: safetensors for tensors, JSON for the rest (no pickle).
+
+Under torchrun every checkpoint also checks that the ranks are in sync: each rank hashes the exact bytes of its
+weights, optimizer state and counters, rank 0 writes them all to `step_N/ranks.json`, and if any differ every
+rank raises `DesyncError`. Such a checkpoint is still written, for inspection, but `latest` never points at it
+and no older checkpoint is pruned, so a resume starts from the last one whose ranks agreed.
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -40,45 +47,93 @@ def _unflatten(prefix: str, tensors: dict) -> dict:
 def save(trainer) -> Path | None:
     """Write `checkpoints/step_N/` into a temporary folder, then rename it into place, then point `latest` at it.
 
-    Under torchrun every rank calls this: the ranks' collectors are merged and their store positions gathered,
-    and rank 0 writes.
+    Under torchrun every rank calls this: the ranks' collectors are merged, their store positions and state
+    hashes gathered, and rank 0 writes; every rank raises `DesyncError` if the hashes differ.
     """
     from kit.collector import merge_distributed
-    stores = distributed.gather_objects(trainer.store.state_dict())
+    rank, world = distributed.rank_world()
+    mine = {"store": trainer.store.state_dict(), "hashes": fingerprints(trainer) if world > 1 else None}
+    gathered = distributed.gather_objects(mine)
     if trainer.collector is not None:
         merge_distributed(trainer.collector)
-    if distributed.rank_world()[0] != 0:
-        distributed.barrier()
-        return None
-    path = _write(trainer, stores)
+    hashes = [g["hashes"] for g in gathered]
+    differ = _differing(hashes) if world > 1 else []
+    ranks = None if world == 1 else {"ranks": [{"rank": r, "hashes": h} for r, h in enumerate(hashes)],
+                                     "identical": not differ, "differ": differ}
+    path = _write(trainer, [g["store"] for g in gathered], ranks) if rank == 0 else None
     distributed.barrier()
+    if differ:  # every rank read the same gathered hashes, so every rank stops here
+        shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+        raise distributed.DesyncError(
+            f"the ranks' training state differs at step {trainer.step} in {shown}; the hashes are in "
+            f"{trainer.run_dir / 'checkpoints' / _name(trainer)}/ranks.json and `latest` still points at the last "
+            "checkpoint whose ranks agreed")
     return path
 
 
-def _write(trainer, stores: list) -> Path:
+def fingerprints(trainer) -> dict[str, str]:
+    """sha256 of the exact bytes of every piece of trainer state that all ranks must share, by name."""
+    params = [name for name, _ in trainer.tc.named_parameters()]  # the optimizer's order: it got .parameters()
+    out = {}
+    for name, t in _shared_tensors(trainer).items():
+        part = name.split(".")
+        if part[0] == "optimizer":  # "optimizer.b_dec.exp_avg" reads better than "optimizer.3.exp_avg"
+            name = ".".join(["optimizer", params[int(part[1])], *part[2:]])
+        out[name] = _sha256(t)
+    counters = {"step": trainer.step, "tokens_seen": trainer.tokens_seen, "scheduler": trainer.scheduler.state_dict()}
+    for name, value in counters.items():
+        out[name] = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def _sha256(t: torch.Tensor) -> str:
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(str((t.dtype, tuple(t.shape))).encode() + raw.numpy().tobytes()).hexdigest()
+
+
+def _differing(hashes: list[dict]) -> list[str]:
+    """Names whose hash is not the same on every rank (or that some rank lacks)."""
+    names = sorted(set().union(*hashes))
+    return [n for n in names if len({h.get(n) for h in hashes}) > 1]
+
+
+def _shared_tensors(trainer) -> dict:
+    tensors = {"since_fired": trainer.since_fired.cpu(), "scales": trainer.scales}
+    _flatten("transcoder", trainer.tc.state_dict(), tensors)
+    _flatten("optimizer", {str(k): v for k, v in trainer.optimizer.state_dict()["state"].items()}, tensors)
+    return tensors
+
+
+def _name(trainer) -> str:
+    return f"step_{trainer.step:07d}"
+
+
+def _write(trainer, stores: list, ranks: dict | None) -> Path:
     root = trainer.run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{trainer.step:07d}"
-    tensors = {"since_fired": trainer.since_fired.cpu(), "rng.cpu": torch.get_rng_state(), "scales": trainer.scales}
-    _flatten("transcoder", trainer.tc.state_dict(), tensors)
+    name = _name(trainer)
+    tensors = _shared_tensors(trainer) | {"rng.cpu": torch.get_rng_state()}
     opt = trainer.optimizer.state_dict()
-    _flatten("optimizer", {str(k): v for k, v in opt["state"].items()}, tensors)
     if trainer.collector is not None:
         _flatten("collector", trainer.collector.state_dict(), tensors)
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
-    meta = {"step": trainer.step, "scheduler": trainer.scheduler.state_dict(), "param_groups": opt["param_groups"],
-            "store": stores, "config": trainer.config_dict}
+    meta = {"step": trainer.step, "tokens_seen": trainer.tokens_seen, "scheduler": trainer.scheduler.state_dict(),
+            "param_groups": opt["param_groups"], "store": stores, "config": trainer.config_dict}
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / "tensors.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    if ranks is not None:
+        (tmp / "ranks.json").write_text(json.dumps(ranks, indent=1))
     final = root / name
     if final.exists():  # the same step saved again after a resume: the contents are identical
         shutil.rmtree(final)
     os.replace(tmp, final)
+    if ranks is not None and not ranks["identical"]:
+        return final  # kept for inspection, never resumed from
     _write_atomic(root / "latest", name)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP]:
         shutil.rmtree(old)
@@ -124,6 +179,7 @@ def load(trainer, path: Path) -> None:
                          f"(now {world})")
     trainer.store.load_state_dict(meta["store"][rank])
     trainer.step = meta["step"]
+    trainer.tokens_seen = meta.get("tokens_seen")  # None in older checkpoints: the trainer recounts it
     if trainer.run_dir is not None and rank == 0:
         _truncate_history(trainer.run_dir / "history.csv", trainer.step)
 

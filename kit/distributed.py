@@ -3,6 +3,8 @@
 Each rank reads its own shard of the contexts, computes gradients on it, and averages them with the others'
 (an explicit all-reduce rather than a DDP wrapper, so the trainer's loop reads the same on one or many ranks).
 NCCL on GPU, gloo on CPU. Every rank runs the same number of steps, so the collectives never hang.
+The ranks must hold bit-identical training state: they start from rank 0's weights (`broadcast_`), every
+running statistic is reduced over all ranks, and each checkpoint compares the ranks' hashes (`DesyncError`).
 """
 from __future__ import annotations
 
@@ -62,6 +64,27 @@ def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
     out = t.clone()
     dist.all_reduce(out)
     return out / rank_world()[1]
+
+
+def reduce_across_ranks(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Elementwise "sum", "min" or "max" of a tensor across ranks (a copy; `t` itself when there is one rank)."""
+    if rank_world()[1] == 1:
+        return t
+    out = t.clone()
+    dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return out
+
+
+def broadcast_(tensors, src: int = 0) -> None:
+    """Overwrite `tensors` in place with rank `src`'s values (e.g. rank 0's freshly initialised weights)."""
+    if rank_world()[1] == 1:
+        return
+    for t in tensors:
+        dist.broadcast(t.detach(), src)
+
+
+class DesyncError(RuntimeError):
+    """The ranks' copies of state that must be identical (weights, optimizer state, ...) differ."""
 
 
 def gather_objects(obj) -> list:

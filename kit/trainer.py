@@ -79,6 +79,7 @@ class Trainer:
         device = transcoder.W_dec.device
         self.since_fired = torch.zeros(transcoder.cfg.d_latent, dtype=torch.long, device=device)
         self.step = 0
+        self.tokens_seen: int | None = 0  # all ranks' tokens; None = recount (a checkpoint from before it)
         # Inputs and targets are scaled so that their mean norm is sqrt(width) (as SAELens and sparsify do):
         # SmolLM2's layer-8 MLP output is ~10x larger than its input, and unscaled the encoder needs hundreds
         # of Adam steps just to grow. `export()` folds the scales back into the weights.
@@ -97,7 +98,8 @@ class Trainer:
             out, y, loss = self.train_step(batch.x_in, batch.y_out, step)
             if self.collector is not None and step % self.cfg.collect_every == 0:
                 self.collector.update(self._acts_for_collector(out), batch.global_ids.to(y.device), step)
-            self.step, tokens = step + 1, tokens + len(y)
+            tokens += self._count_tokens(len(y))
+            self.step = step + 1
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 row = self._log(out, y, loss, tokens / (time.perf_counter() - tick))
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}",
@@ -111,17 +113,13 @@ class Trainer:
         """Forward, loss, backward, clip, optimizer and schedule step; returns `(out, y, loss)`."""
         x, y = x.to(self.tc.W_dec), y.to(self.tc.W_dec)
         if step == 0:
-            self.scales = torch.tensor([x.shape[1] ** 0.5 / x.norm(dim=1).mean().item(),
-                                        y.shape[1] ** 0.5 / y.norm(dim=1).mean().item()], dtype=torch.float64)
-            self.scales = distributed.mean_across_ranks(self.scales.to(y.device)).cpu()
+            self._start(x, y)
         x, y = x * float(self.scales[0]), y * float(self.scales[1])
         if step == 0:
-            self.tc.init_b_dec(y)  # start from the mean-ablation baseline
+            self.tc.init_b_dec(y)  # start from the mean-ablation baseline of every rank's first batch
         out = self.tc(x)
         loss = self.loss(out, x, y, step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped before the optimizer step, so "
-                                     "no checkpoint holds poisoned weights (lower the lr or check the inputs)")
+        self._check_finite(loss, step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.tc.parameters())
@@ -134,6 +132,32 @@ class Trainer:
             self.tc.normalize_decoder_()
         self._track_dead(out, len(y))
         return out, y, loss.detach()
+
+    @torch.no_grad()
+    def _start(self, x, y) -> None:
+        """Step 0: every rank takes rank 0's weights, and the scales come from all ranks' first batches."""
+        distributed.broadcast_([*self.tc.parameters(), *self.tc.buffers()])
+        sums = torch.stack([x.norm(dim=1).double().sum(), y.norm(dim=1).double().sum(),
+                            torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+        sums = distributed.reduce_across_ranks(sums, "sum").cpu()
+        widths = torch.tensor([x.shape[1], y.shape[1]], dtype=torch.float64)
+        self.scales = widths.sqrt() * sums[2] / sums[:2]
+
+    def _check_finite(self, loss, step: int) -> None:
+        # Every rank must stop, or the others would wait for its gradients forever.
+        bad = distributed.any_rank(~torch.isfinite(loss.detach()).reshape(1))
+        if bad.item():
+            value = loss.item() if not torch.isfinite(loss) else "not finite on another rank"
+            raise FloatingPointError(f"loss is {value} at step {step}; stopped before the optimizer step, so "
+                                     "no checkpoint holds poisoned weights (lower the lr or check the inputs)")
+
+    def _count_tokens(self, rows: int) -> int:
+        """Add one step of every rank's tokens (each rank's batch has `rows` rows) to tokens_seen; return it."""
+        world = distributed.rank_world()[1]
+        if self.tokens_seen is None:  # every earlier step had this batch size too
+            self.tokens_seen = self.step * rows * world
+        self.tokens_seen += rows * world
+        return rows * world
 
     def export(self):
         """A copy of the transcoder for raw (unscaled) activations: scales folded into the weights."""
@@ -196,7 +220,7 @@ class Trainer:
     @torch.no_grad()
     def _log(self, out, y, loss, tokens_per_s: float) -> dict:
         from kit.evaluate import fvu
-        row = {"step": self.step, "tokens": self.step * len(y), "lr": self.scheduler.get_last_lr()[0],
+        row = {"step": self.step, "tokens": self.tokens_seen, "lr": self.scheduler.get_last_lr()[0],
                "loss": loss.item(), "fvu": fvu(y, out.y_hat).item(),
                "l0": (out.acts > 0).sum(-1).float().mean().item(),
                "dead_frac": (self.since_fired >= self.cfg.dead_window).float().mean().item(),

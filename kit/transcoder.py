@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kit import distributed
 from kit.topk_encoder import TopKEncode
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
@@ -203,6 +204,7 @@ class Transcoder(nn.Module):
         else:
             y_hat_BD = self.decode_sparse(top_idx_BK, top_vals_BK, x_BD)
         if self.cfg.activation == "batchtopk" and self.training:
+            # a collective under torchrun: every rank must run this forward (.eval() for one rank's use)
             self._update_threshold_(acts_BL)
         return TranscoderOutput(y_hat_BD, acts_BL, top_idx_BK, top_vals_BK, pre_BL)
 
@@ -215,11 +217,16 @@ class Transcoder(nn.Module):
 
     @torch.no_grad()
     def init_b_dec(self, y_BD: torch.Tensor) -> None:
-        """Set b_dec to the mean target, so training starts from the mean-ablation baseline."""
+        """Set b_dec to the mean target, so training starts from the mean-ablation baseline.
+
+        Under torchrun this is a collective: the mean is over every rank's rows, so all ranks set the same b_dec.
+        """
         if y_BD.ndim != 2 or y_BD.shape[1] != self.cfg.d_out:
             raise ValueError(f"init_b_dec expects targets of shape [batch, d_out={self.cfg.d_out}], "
                              f"got {tuple(y_BD.shape)}")
-        self.b_dec.copy_(y_BD.float().mean(0).to(self.b_dec))
+        sums = torch.cat([y_BD.double().sum(0), y_BD.new_tensor([len(y_BD)], dtype=torch.float64)])
+        sums = distributed.reduce_across_ranks(sums, "sum")
+        self.b_dec.copy_((sums[:-1] / sums[-1]).to(self.b_dec))
 
     @torch.no_grad()
     def fold_scales_(self, x_scale: float, y_scale: float) -> None:
@@ -342,8 +349,10 @@ class Transcoder(nn.Module):
     @torch.no_grad()
     def _update_threshold_(self, acts_BL: torch.Tensor, beta: float = 0.999) -> None:
         # dictionary_learning's BatchTopK trainer: EMA (beta 0.999) of the smallest positive kept act.
-        # Written with torch.where so that no step waits on a device-to-host copy.
+        # Written with torch.where so that no step waits on a device-to-host copy. Under torchrun the
+        # minimum is over every rank's batch (a collective), so all ranks apply the same update.
         low = torch.where(acts_BL > 0, acts_BL, torch.inf).min().to(self.threshold)
+        low = distributed.reduce_across_ranks(low, "min")
         low = torch.where(torch.isfinite(low), low, self.threshold)
         ema = beta * self.threshold + (1 - beta) * low
         self.threshold.copy_(torch.where(self.threshold < 0, low, ema))
