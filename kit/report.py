@@ -5,13 +5,16 @@
 
 - `analysis`: dict with `latents` (DataFrame: latent plus any of class, top_domain, top_share, top_lift, q_value,
   label), `summary` (dict: name -> number, or name -> dict of numbers, e.g. trained/shuffled/random nulls),
-  `hierarchy` (dict or str), `caveat` (str), `profile` (domain profile: latent, domain, share).
+  `hierarchy` (dict or str), `caveat` (str), `profile` (latent, domain, share: the share of the held-out documents
+  a latent fires in that come from each domain, summing to 1 per latent, as `kit.analysis.profile_table`).
 - `patterns`: dict with `top_words` (DataFrame with a latent column), `length_stats` (dict), `logit_lens`
   (DataFrame: latent, promoted list[str], suppressed list[str]), `labels` (dict latent -> label, or a
   DataFrame latent, label; these win over analysis labels).
 
 The HTML has no scripts and loads nothing: inline CSS, SVG line charts, CSS bars. Dataset text appears only with
-the parquet's `attribution` notice. Cards cover the `n_cards` latents with the highest max activation.
+the parquet's `attribution` notice. Cards cover the `n_cards` latents with the highest max activation. Every domain
+share the report shows sums to 1 per latent, under a caption that says what it is a share of (`TOP_SAMPLES_CAPTION`,
+`EVAL_CAPTION`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -26,6 +30,14 @@ from kit.explorer import latent_summary
 from kit.widgets import as_profile, display_phase, domain_profile
 
 LIGHT = ["latent", "phase", "kind", "rank", "interval", "activation", "domain", "context_index", "source"]
+TOP_SAMPLES_CAPTION = ("Share of each latent's top samples ({phase}) that come from each domain; a row sums to 100%. "
+                       "Top samples are its strongest activations, not a firing rate.")
+EVAL_CAPTION = ("Share of the held-out documents each latent fires in that come from each domain; a row sums to "
+                "100% (a latent that fires in none has no row). A big domain holds a big share by chance: the lift "
+                "column of the specialization table divides by each domain's base rate.")
+SPECIALIZATION_CAPTION = ("Units are held-out documents. top_share: share of the documents a latent fires in that "
+                          "come from its top domain; top_lift: that share over the share expected from the domain's "
+                          "documents and their lengths; q_value: Benjamini-Hochberg q of the document-level G-test.")
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,9 @@ class RunData:
     rows: pd.DataFrame
     """Full rows (windows included) of the latents the report shows."""
     profile: pd.DataFrame
-    """Domain profile: latent, domain, share (and count)."""
+    """Top-sample profile of the displayed phase: latent, domain, count and share of its top samples."""
+    eval_profile: pd.DataFrame | None
+    """Held-out profile (`analysis["profile"]`): latent, domain, share of the documents it fires in; or None."""
     shown: list
     """Latents that get a card, strongest first."""
     attribution: str
@@ -56,8 +70,9 @@ class RunData:
     """The phase whose samples the report shows ('final' when present, see `kit.widgets.display_phase`)."""
 
 
-def load_run(run_dir, n_cards: int = 24, n_table: int = 50, profile=None) -> RunData:
-    """Read a run folder; full sample rows only for the `n_table` strongest latents."""
+def load_run(run_dir, n_cards: int = 24, n_table: int = 50, eval_profile=None) -> RunData:
+    """Read a run folder; full sample rows only for the `n_table` strongest latents. `eval_profile`: the held-out
+    profile of an analysis (see the module docstring), whose shares must sum to 1 per latent."""
     folder = Path(run_dir)
     path = folder / "samples.parquet"
     if not path.exists():
@@ -69,8 +84,21 @@ def load_run(run_dir, n_cards: int = 24, n_table: int = 50, profile=None) -> Run
     rows = pq.read_table(path, filters=[("latent", "in", order[:n_table])]).to_pandas() if order else light
     return RunData(folder, _read_json(folder / "config.json"), _read_csv(folder / "history.csv"),
                    _flatten(_read_json(folder / "metrics.json")), latents.reset_index(drop=True), light, rows,
-                   domain_profile(light) if profile is None else as_profile(profile), order[:n_cards],
-                   _attribution(path, light), display_phase(light))
+                   domain_profile(light), _checked(eval_profile), order[:n_cards], _attribution(path, light),
+                   display_phase(light))
+
+
+def _checked(profile) -> pd.DataFrame | None:
+    """The profile as a long frame, refused when its shares do not sum to 1 per latent (a rate is no share)."""
+    if profile is None:
+        return None
+    long = as_profile(profile)
+    sums = long.groupby("latent")["share"].sum()
+    if len(sums) and not np.allclose(sums, 1.0, atol=1e-6):
+        bad = sums[~np.isclose(sums, 1.0, atol=1e-6)]
+        raise ValueError(f"profile shares must sum to 1 per latent; latents {bad.index[:5].tolist()} sum to "
+                         f"{bad.to_numpy()[:5].round(4).tolist()}")
+    return long
 
 
 def _read_json(path: Path) -> dict:
@@ -110,11 +138,16 @@ def write_report(run_dir, analysis: dict | None = None, patterns: dict | None = 
     from kit.report_html import html_report
     from kit.report_md import markdown_report
     analysis, patterns = analysis or {}, patterns or {}
-    run = load_run(run_dir, n_cards=n_cards, profile=analysis.get("profile"))
+    run = load_run(run_dir, n_cards=n_cards, eval_profile=analysis.get("profile"))
     md_path, html_path = run.folder / "report.md", run.folder / "report.html"
     md_path.write_text(markdown_report(run, analysis, patterns), encoding="utf-8")
     html_path.write_text(html_report(run, analysis, patterns), encoding="utf-8")
     return md_path, html_path
+
+
+def top_samples_caption(run: RunData) -> str:
+    """`TOP_SAMPLES_CAPTION` for the run's displayed phase."""
+    return TOP_SAMPLES_CAPTION.format(phase=f"{run.phase} pass" if run.phase else "all passes")
 
 
 def fmt(value) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kit.report import (RunData, dict_frame, example_row, fmt, labels, metrics_frame, specialized_frame,
-                        summary_frame, top_frame)
-from kit.widgets import act_colour, esc, sample_card, token_highlight
+from kit.report import (EVAL_CAPTION, SPECIALIZATION_CAPTION, RunData, dict_frame, example_row, fmt, labels,
+                        metrics_frame, specialized_frame, summary_frame, top_frame, top_samples_caption)
+from kit.widgets import act_colour, esc, profile_bars, sample_card, token_highlight
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1120px;margin:20px auto;
@@ -69,7 +69,8 @@ def html_table(df: pd.DataFrame, max_rows: int = 30, raw: tuple[str, ...] = ()) 
 
 
 def domain_grid(profile: pd.DataFrame, latents: list) -> str:
-    """Latent × domain shares as a table whose cells are shaded white → orange."""
+    """Latent × domain shares as a table whose cells are shaded white → orange; latents without rows are left out."""
+    latents = [i for i in latents if i in set(profile["latent"])]
     wide = profile[profile["latent"].isin(latents)].pivot_table(index="latent", columns="domain", values="share",
                                                                   fill_value=0.0)
     wide = wide.reindex(index=latents, columns=sorted(profile["domain"].unique()), fill_value=0.0)
@@ -109,7 +110,8 @@ def _specialization(analysis: dict) -> str:
     parts = []
     if analysis.get("summary"):
         parts.append("<h3>Against the nulls</h3>" + html_table(dict_frame(analysis["summary"])))
-    parts.append("<h3>Most specialized latents</h3>" + html_table(specialized_frame(analysis)))
+    parts.append(f"<h3>Most specialized latents</h3><p>{esc(SPECIALIZATION_CAPTION)}</p>"
+                 + html_table(specialized_frame(analysis)))
     hierarchy = analysis.get("hierarchy")
     if hierarchy:
         parts.append("<h3>Hierarchy</h3>" + (html_table(dict_frame(hierarchy)) if isinstance(hierarchy, dict)
@@ -128,22 +130,39 @@ def _patterns(patterns: dict) -> str:
     return "".join(parts)
 
 
+def _domains(run: RunData) -> str:
+    parts = [f"<p>{esc(top_samples_caption(run))}</p>", domain_grid(run.profile, run.shown)]
+    if run.eval_profile is not None:
+        parts += [f"<p>{esc(EVAL_CAPTION)}</p>", domain_grid(run.eval_profile, run.shown)]
+    return "".join(parts)
+
+
 def _cards(run: RunData, names: dict, patterns: dict) -> str:
     lens = patterns.get("logit_lens")
     lens = None if lens is None else lens.set_index("latent")
     drift = run.latents.set_index("latent")["drift"] if "drift" in run.latents else pd.Series(dtype=float)
-    cards = [sample_card(run.rows[run.rows["latent"] == i], label=names.get(i), profile=run.profile,
-                         drift=None if pd.isna(drift.get(i, np.nan)) else float(drift[i]), phase=run.phase,
-                         logit_lens=lens.loc[i] if lens is not None and i in lens.index else None)
-             for i in run.shown]
+    cards = []
+    for i in run.shown:
+        # the card's own bars are the top-sample shares its title names; held-out shares get bars of their own
+        card = sample_card(run.rows[run.rows["latent"] == i], label=names.get(i), profile=run.profile,
+                           drift=None if pd.isna(drift.get(i, np.nan)) else float(drift[i]), phase=run.phase,
+                           logit_lens=lens.loc[i] if lens is not None and i in lens.index else None)
+        cards.append(card.removesuffix("</div>") + _eval_bars(run, i) + "</div>")
     return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _eval_bars(run: RunData, latent: int) -> str:
+    prof = None if run.eval_profile is None else run.eval_profile[run.eval_profile["latent"] == latent]
+    if prof is None or prof.empty:
+        return ""
+    return profile_bars(dict(zip(prof["domain"], prof["share"])), "held-out documents it fires in, share per domain")
 
 
 def html_report(run: RunData, analysis: dict, patterns: dict) -> str:
     """The whole report.html."""
     names = labels(analysis, patterns)
     body = {"training": _training(run), "summary": html_table(summary_frame(run)), "top": _top(run, names),
-            "domains": "<p>Share of each latent's top samples per domain.</p>" + domain_grid(run.profile, run.shown),
+            "domains": _domains(run),
             "specialization": _specialization(analysis) if analysis else "",
             "patterns": _patterns(patterns), "cards": _cards(run, names, patterns),
             "attribution": f'<div class="notice">{esc(run.attribution)}</div>'}

@@ -9,8 +9,8 @@ import re
 
 import pandas as pd
 
-from kit.report import (RunData, dict_frame, example_row, fmt, labels, metrics_frame, specialized_frame,
-                        summary_frame, top_frame)
+from kit.report import (EVAL_CAPTION, SPECIALIZATION_CAPTION, RunData, dict_frame, example_row, fmt, labels,
+                        metrics_frame, specialized_frame, summary_frame, top_frame, top_samples_caption)
 from kit.widgets import VISIBLE
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
@@ -55,7 +55,10 @@ def markdown_report(run: RunData, analysis: dict, patterns: dict) -> str:
     top["example"] = [md_sample(r) if (r := example_row(run, i)) else "" for i in top["latent"]]
     out += ["\n## Top latents by maximum activation\n\n", md_table(top, len(top), raw=("example",))]
     out += _specialization(analysis) + _patterns(patterns)
-    out += ["\n## Latent cards\n"] + [_card(run, i, names.get(i), patterns) for i in run.shown]
+    out += ["\n## Latent cards\n", f"\nDomains: {md(top_samples_caption(run))}"]
+    if run.eval_profile is not None:
+        out.append(f" Held-out: {md(EVAL_CAPTION)}")
+    out += ["\n"] + [_card(run, i, names.get(i), patterns) for i in run.shown]
     out += ["\n## Attribution\n\n", "  \n".join(md(line) for line in run.attribution.splitlines()) + "\n"]
     return "".join(out)
 
@@ -66,7 +69,7 @@ def _specialization(analysis: dict) -> list[str]:
     out = ["\n## Domain specialization\n"]
     if analysis.get("summary"):
         out += ["\nAgainst the nulls:\n\n", md_table(dict_frame(analysis["summary"]))]
-    out += ["\nMost specialized latents:\n\n", md_table(specialized_frame(analysis))]
+    out += [f"\nMost specialized latents. {md(SPECIALIZATION_CAPTION)}\n\n", md_table(specialized_frame(analysis))]
     hierarchy = analysis.get("hierarchy")
     if hierarchy:
         out += ["\nHierarchy:\n\n", md_table(dict_frame(hierarchy)) if isinstance(hierarchy, dict)
@@ -98,10 +101,16 @@ def _card(run: RunData, latent: int, label, patterns: dict) -> str:
     intervals = rows[rows["kind"] == "interval"].sort_values(["interval", "rank"], ascending=[False, True])
     for r in intervals.drop_duplicates("interval").to_dict("records"):
         out.append(f"- bin {r['interval']}, {r['activation']:.3g} ({md(r['domain'])}): {md_sample(r)}\n")
-    prof = run.profile[run.profile["latent"] == latent].sort_values("share", ascending=False)
-    out.append("\nDomains: " + ", ".join(f"{md(d)} {s:.0%}" for d, s in zip(prof["domain"], prof["share"])) + "\n")
+    out.append("\nDomains of its top samples: " + _shares(run.profile, latent) + "\n")
+    if run.eval_profile is not None:
+        out.append("\nDomains of the held-out documents it fires in: " + _shares(run.eval_profile, latent) + "\n")
     lens = patterns.get("logit_lens")
     if lens is not None and len(hit := lens[lens["latent"] == latent]):
         out.append(f"\nLogit lens: promoted {md(fmt(hit.iloc[0]['promoted']))}; "
                    f"suppressed {md(fmt(hit.iloc[0]['suppressed']))}\n")
     return "".join(out)
+
+
+def _shares(profile: pd.DataFrame, latent: int) -> str:
+    prof = profile[(profile["latent"] == latent) & (profile["share"] > 0)].sort_values("share", ascending=False)
+    return ", ".join(f"{md(d)} {s:.1%}" for d, s in zip(prof["domain"], prof["share"])) or "none"

@@ -69,3 +69,26 @@ def write_run(folder: Path, n_latents: int = 6) -> Path:
         max_activation=top.max(), mean_activation=top.mean(), n_samples=top.size(), drift=0.5
     ).fillna({"n_samples": 0}).to_csv(folder / "latents.csv", index=False)
     return folder
+
+
+def write_interpretation(folder: Path, n_docs: int = 40, doc_len: int = 16, seed: int = 0) -> Path:
+    """What `kit.interpret.interpret_run` saves, from synthetic held-out documents of the four DOMAINS (the run's 8
+    latents: 2 fires in 'medicine' documents only, 0, 1 and 3-5 everywhere, 6 and 7 never)."""
+    from kit.analysis import DocumentStats, specialization_from_stats
+    from kit.interpret import save_interpretation
+    rng = np.random.default_rng(seed)
+    doc_M = np.repeat(np.arange(n_docs * len(DOMAINS)), doc_len)
+    dom_M = doc_M // n_docs
+    acts = (rng.random((len(doc_M), 8)) < 0.03) * rng.uniform(0.5, 2.0, (len(doc_M), 8))
+    acts[:, 2] = np.where(dom_M == DOMAINS.index("medicine"), (rng.random(len(doc_M)) < 0.2) * 3.0, 0.0)
+    acts[:, 6:] = 0.0
+    result = specialization_from_stats(DocumentStats.from_token_acts(acts, doc_M, dom_M, DOMAINS))
+    table = result.tables["trained"].assign(label=[f"words {i}" if i != 2 else f"dose {SCRIPT}" for i in range(8)])
+    words = pd.DataFrame({"latent": [2, 2], "rank": [0, 1], "text": [" dose", SCRIPT], "weight": [3.0, 1.0],
+                          "count": [3, 1]})
+    lens = pd.DataFrame({"latent": [2, 2], "rank": [0, 1], "promoted": [" dose", " mg"], "suppressed": ["\n", " the"]})
+    lengths = pd.DataFrame({"what": ["sample windows"], "unit": ["tokens"], "n": [48], "mean": [12.0],
+                            "median": [12.0], "min": [12], "max": [12]}).set_index(["what", "unit"])
+    save_interpretation(folder, result, table, {"logit_lens_caveat": "Direct path only."}, words=words, lens=lens,
+                        lengths=lengths, overall=words.drop(columns="latent"))
+    return folder

@@ -1,16 +1,20 @@
 """write_report on a synthetic run folder: sections, escaping, self-containment, optional inputs, fallbacks."""
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fake_run import ATTRIBUTION, SCRIPT, write_run
-from kit.report import fmt, load_run, write_report
+from fake_run import ATTRIBUTION, SCRIPT, write_interpretation, write_run
+from kit.interpret import load_interpretation
+from kit.report import EVAL_CAPTION, fmt, load_run, top_samples_caption, write_report
 from kit.report_html import svg_line
 from kit.report_md import md
+from kit.widgets import esc
 
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
@@ -105,3 +109,53 @@ def test_helpers():
     svg = svg_line([0, 1, 2], [1.0, 3.0, 2.0], "loss <x>")
     assert svg.count(",") == 3 and "loss &lt;x&gt;" in svg and "<script" not in svg
     assert svg_line([0], [1.0], "one point") == ""
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    folder = write_interpretation(write_run(tmp_path_factory.mktemp("interpreted")))
+    analysis, patterns = load_interpretation(folder)
+    md_path, html_path = write_report(folder, analysis, patterns, n_cards=4)
+    return folder, analysis, md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+
+
+def test_domain_shares_sum_to_one_under_true_captions(interpreted):
+    folder, analysis, text_md, html = interpreted
+    run = load_run(folder, n_cards=4, eval_profile=analysis["profile"])
+    for prof in (run.profile, run.eval_profile):
+        np.testing.assert_allclose(prof.groupby("latent")["share"].sum(), 1.0, atol=1e-6)
+    # "top samples": the shares are recounted from the displayed phase's top samples
+    samples = pd.read_parquet(folder / "samples.parquet")
+    top = samples[(samples["kind"] == "top") & (samples["phase"] == run.phase)]
+    recount = (top.groupby(["latent", "domain"]).size() / top.groupby("latent").size()).sort_index()
+    got = run.profile.set_index(["latent", "domain"])["share"].sort_index()
+    np.testing.assert_allclose(got.to_numpy(), recount.to_numpy())
+    assert got.index.equals(recount.index)
+    # "held-out documents it fires in": the shares are its firing documents per domain over their total
+    prof = run.eval_profile
+    np.testing.assert_allclose(prof["share"], prof["documents"] / prof.groupby("latent")["documents"].transform("sum"))
+    assert prof.loc[(prof["latent"] == 2) & (prof["domain"] == "medicine"), "share"].item() == 1.0
+    caption = top_samples_caption(run)
+    assert "top samples (final pass)" in caption and "not a firing rate" in caption
+    for text, escape in ((html, esc), (text_md, md)):
+        assert escape(caption) in text and escape(EVAL_CAPTION) in text
+        assert "Share of each latent's top samples per domain." not in text  # the old caption, over firing rates
+    assert html.count("held-out documents it fires in, share per domain") == 4, "every card has held-out bars"
+    for line in re.findall(r"Domains of the held-out documents it fires in: (.*)", text_md):
+        shown = [float(v) for v in re.findall(r"(\d+\.\d)%", line)]
+        assert abs(sum(shown) - 100) <= 0.05 * len(shown) + 1e-9, line
+
+
+def test_interpretation_columns_summary_and_stale_folders(interpreted, tmp_path):
+    folder, analysis, text_md, _ = interpreted
+    table = analysis["latents"]
+    assert {"class", "top_share", "top_lift", "q_value", "n_documents", "document_top_base", "label"} <= set(table)
+    assert table.set_index("latent").loc[2, "class"] == "specialist"
+    assert {"specialist_frac", "specialist_frac_alive", "generalist_frac_alive"} <= set(analysis["summary"]["trained"])
+    assert "Units are held-out documents" in text_md
+    with pytest.raises(ValueError, match="sum to 1"):
+        load_run(folder, eval_profile=analysis["profile"].assign(share=analysis["profile"]["rate"]))
+    spec = json.loads((folder / "specialization.json").read_text())
+    old = write_run(tmp_path / "old")
+    (old / "specialization.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "version"}))
+    assert load_interpretation(old) == (None, None), "an interpretation with contexts as units is redone"
