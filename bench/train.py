@@ -63,7 +63,7 @@ def quality() -> None:
     m = json.loads(path.read_text())
     print(f"cpu preset: FVU {m['fvu']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_frac']:.1%}, dense {m['dense_frac']:.1%}, "
           f"CE loss recovered {m['ce_loss_recovered']:.1%} (vs mean ablation {m['ce_loss_recovered_vs_mean']:.1%}), "
-          f"ΔCE {m['delta_ce']:.3f}, KL {m['kl']:.3f}, drift {m['drift']:.1%}, tokens {m['tokens_seen']:,}")
+          f"ΔCE {m['delta_ce']:.3f}, KL {m['kl']:.3f}, top-k retention {m['topk_retention']:.1%}, tokens {m['tokens_seen']:,}")
 
 
 def main():

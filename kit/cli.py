@@ -19,6 +19,7 @@ examples:
   python -m kit train --preset smoke --out runs/smoke --resume          # continue after a kill
   python -m kit train --preset cpu --set train.steps=400 --set latents.k=64
   torchrun --nproc_per_node 8 -m kit train --preset gemma-2-2b-l8 --out runs/gemma
+  python -m kit train --preset gemma-2-2b-l8 --dry-run --device-gib 80   # memory plan only, loads nothing
 """
 
 
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="torch device (default: this rank's CUDA device, else cpu)")
     t.add_argument("--no-report", action="store_true", help="skip report.md/report.html")
     t.add_argument("--show-config", action="store_true", help="print the resolved config as JSON and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the run's memory plan (bytes per component vs the device) and exit; loads nothing")
+    t.add_argument("--device-gib", type=float,
+                   help="device memory for --dry-run in GiB (default: this machine's CUDA device, if any)")
     r = sub.add_parser("report", help="rebuild report.md and report.html of a finished run")
     r.add_argument("run_dir", type=Path)
     n = sub.add_parser("notebooks", help="execute the notebooks top to bottom, saving executed copies")
@@ -87,6 +92,11 @@ def _train(args) -> None:
     config = get_preset(args.preset).override(args.set)
     if args.show_config:
         print(json.dumps(config.to_dict(), indent=2))
+        return
+    if args.dry_run:
+        from kit.memory import print_plan
+        print_plan(config, args.device or distributed.default_device(),
+                   int(args.device_gib * 2**30) if args.device_gib else None)
         return
     distributed.init_from_env()
     from kit.run import train_run

@@ -366,8 +366,10 @@ def window_slices(global_ids, ctx_len: int, before: int, after: int):
     return ctx, np.maximum(pos - before, 1), np.minimum(pos + after + 1, ctx_len)
 
 
-def drift(train_df: pd.DataFrame, final_df: pd.DataFrame, key: str = "context_index") -> tuple[pd.Series, float]:
-    """Share of each latent's in-training top contexts still among its final-pass top contexts (1.0: no drift).
+def topk_retention(train_df: pd.DataFrame, final_df: pd.DataFrame,
+                   key: str = "context_index") -> tuple[pd.Series, float]:
+    """Share of each latent's in-training top contexts still among its final-pass top contexts (1.0: nothing
+    drifted). Compare frames collected over the same pool: the final pass over the tokens training consumed.
 
     Contexts match on `key` (e.g. "context_index", or "doc_id" after provenance is joined). Rows of kind
     "interval" are ignored. Returns the per-latent share and the share over all (latent, context) pairs.
@@ -381,5 +383,5 @@ def drift(train_df: pd.DataFrame, final_df: pd.DataFrame, key: str = "context_in
         pairs.append(df[["latent", key]].drop_duplicates())
     both = pairs[0].merge(pairs[1], on=["latent", key], how="left", indicator=True)
     kept = both["_merge"] == "both"
-    per_latent = kept.groupby(both["latent"]).mean().rename("drift_overlap")
+    per_latent = kept.groupby(both["latent"]).mean().rename("topk_retention")
     return per_latent, float(kept.mean()) if len(kept) else float("nan")

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kit.corpus_sources import PINS, SOURCES
+from kit.topics import TOPIC_MAPPING, TOPICS, overlaps_topic_set, topic_set  # noqa: F401 (exported)
 
-CORPUS_VERSION = 1
-"""Bump when cleaning or chunking changes, so that on-disk caches are rebuilt."""
+CORPUS_VERSION = 2
+"""Bump when cleaning, chunking or the documents kept change, so that on-disk caches are rebuilt."""
 DEFAULT_MAX_CHARS = 2_500_000
 """Characters read per domain: at least 150k tokens after dedup everywhere but finance."""
 SEPARATOR = "\n\n"
@@ -72,6 +73,7 @@ def domains(max_chars_per_domain: int = DEFAULT_MAX_CHARS) -> dict[str, list[Doc
 
     Each domain reads its sources until it holds ``max_chars_per_domain`` characters (the last
     document may cross the budget); finance has less than the default and gets all it has.
+    Documents that overlap the topic set (``kit.topics``) are left out: it is never trained on.
     """
     _check_int("max_chars_per_domain", max_chars_per_domain, 1)
     return {domain: list(docs) for domain, docs in _read_domains(max_chars_per_domain)}
@@ -89,7 +91,7 @@ def _read_domain(domain: str, readers, max_chars: int) -> tuple[Document, ...]:
         for source, text in reader():
             if used >= max_chars:
                 break  # closing the generator stops the reading: sources are read lazily
-            if text and text not in seen:
+            if text and text not in seen and not overlaps_topic_set(text):
                 seen.add(text)
                 docs.append(Document(text, domain, source))
                 used += len(text)

@@ -1,36 +1,11 @@
-"""Text sources and their fixed-length, BOS-first token contexts with document provenance."""
+"""Text sources: records from a hub dataset (streamed), local files or a Dataset, and their documents' tokens."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
-
 EMBEDDED = "embedded"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
-
-
-def domains(**kwargs):
-    """The embedded multi-domain corpus: `{domain: [Document, ...]}` (see `kit.corpus`)."""
-    from kit.corpus import domains as _domains
-    return _domains(**kwargs)
-
-
-@dataclass(frozen=True)
-class Context:
-    """One fixed-length context: BOS, then up to ctx_len - 1 tokens of one document, then padding."""
-
-    token_ids: tuple[int, ...]
-    """BOS first, the document's tokens after it; `length` of them are real, the rest is padding."""
-    length: int
-    """Real tokens, BOS included."""
-    doc_id: int
-    """Index of the source document within the stream."""
-    doc_start: int
-    """Token offset within the document of position 1 (the first token after BOS)."""
-    domain: str
-    """Domain label ("" when the source has no domain field)."""
 
 
 def open_source(source, text_field: str = "text", domain_field: str | None = None, split: str = "train"):
@@ -43,7 +18,8 @@ def open_source(source, text_field: str = "text", domain_field: str | None = Non
     elif isinstance(source, str) and source != EMBEDDED:
         ds = datasets.load_dataset(source, split=split, streaming=True)
     else:
-        raise ValueError(f"unsupported text source {source!r}: pass a hub dataset name, a local .jsonl/.parquet/.txt "
+        shown = repr(source) if isinstance(source, (str, Path)) else f"of type {type(source).__name__}"
+        raise ValueError(f"unsupported text source {shown[:200]}: pass a hub dataset name, a local .jsonl/.parquet/.txt "
                          "file or folder, a datasets.Dataset, or use kit.corpus.embedded_chunks for 'embedded'")
     _check_fields(ds, text_field, domain_field)
     return ds
@@ -78,18 +54,16 @@ def _get(record: dict, field: str):
     return value
 
 
-def iter_contexts(records: Iterable[dict], tokenizer, ctx_len: int, text_field: str = "text",
-                  domain_field: str | None = None, min_tokens: int = 8) -> Iterator[Context]:
-    """Cut each document into contexts of `ctx_len` tokens: BOS first, no BOS inside, padding at the end.
+def iter_documents(records: Iterable[dict], tokenizer, text_field: str = "text",
+                   domain_field: str | None = None) -> Iterator[tuple[list[int], int, int, str]]:
+    """`(token_ids, doc_id, offset, domain)` per record, BOS removed (no BOS inside a document).
 
-    A record may carry pre-tokenized `input_ids` (no BOS), a `doc_id` and a `chunk_start`; otherwise its text is
-    tokenized and its index in the stream is its document id. Pieces shorter than `min_tokens` are dropped.
+    A record may carry pre-tokenized `input_ids` (no BOS), a `doc_id` and a `chunk_start` (where in its document a
+    pre-cut chunk starts); otherwise its text is tokenized and its index in the stream is its document id.
     """
     bos = tokenizer.bos_token_id
     if bos is None:
         raise ValueError("the tokenizer has no BOS token; set tokenizer.bos_token before building contexts")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
-    span = ctx_len - 1
     for index, record in enumerate(records):
         ids = record.get("input_ids")
         if ids is None:
@@ -97,31 +71,6 @@ def iter_contexts(records: Iterable[dict], tokenizer, ctx_len: int, text_field: 
             if not isinstance(text, str):
                 raise ValueError(f"field {text_field!r} of record {index} is {type(text).__name__}, expected str")
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = [t for t in ids if t != bos]  # no BOS in the middle of a context
         domain = str(_get(record, domain_field)) if domain_field else str(record.get("domain", ""))
-        doc_id = int(record.get("doc_id", index))
-        offset = int(record.get("chunk_start", 0))  # pre-cut chunks say where in their document they start
-        for start in range(0, len(ids), span):
-            piece = ids[start:start + span]
-            if len(piece) < min_tokens:
-                continue
-            tokens = (bos, *piece) + (pad,) * (span - len(piece))
-            yield Context(tokens, len(piece) + 1, doc_id, offset + start, domain)
-
-
-def take_contexts(contexts: Iterator[Context], n: int) -> list[Context]:
-    """Up to `n` contexts from an iterator."""
-    out = []
-    for ctx in contexts:
-        out.append(ctx)
-        if len(out) == n:
-            break
-    return out
-
-
-def stack_tokens(contexts: list[Context]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`tokens_NT` (int64) and the real-token mask `mask_NT` (False on padding) of a list of contexts."""
-    tokens = torch.tensor([c.token_ids for c in contexts], dtype=torch.long)
-    lengths = torch.tensor([c.length for c in contexts])
-    mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return tokens, mask
+        yield ([t for t in ids if t != bos], int(record.get("doc_id", index)), int(record.get("chunk_start", 0)),
+               domain)

@@ -122,7 +122,7 @@ class Explorer:
         else:
             row = self.latents.loc[latent]
             body = sample_card(self.groups[latent], label=row.get("label") if isinstance(row.get("label"), str)
-                               else None, profile=self.profile, drift=_number(row.get("drift")), n_top=self.n.value,
+                               else None, profile=self.profile, retention=_number(row.get("topk_retention")), n_top=self.n.value,
                                phase=self.phase, domain=domain, logit_lens=self._lens(latent))
         return f'<div class="kit-explorer"><div style="font-size:12px;color:#555">{state}</div>{body}</div>'
 

@@ -126,7 +126,8 @@ def _describe(values) -> dict:
 
 def length_stats(samples: pd.DataFrame | None = None, store=None, indices=None, tokenizer=None) -> pd.DataFrame:
     """Lengths in tokens and words (whitespace-separated) of the sample windows and of the store contexts
-    `indices` (BOS and padding excluded). Rows: (what, unit); columns n, mean, median, min, max."""
+    `indices`, one unit per document piece (BOS and padding excluded). Rows: (what, unit); columns n, mean, median,
+    min, max."""
     rows = {}
     if samples is not None:
         long = _long(samples, tokenizer)
@@ -135,10 +136,10 @@ def length_stats(samples: pd.DataFrame | None = None, store=None, indices=None, 
         text = long.groupby("row")["text"].agg("".join)
         rows[("sample windows", "words")] = _describe(text.map(lambda t: len(t.split())))
     if store is not None:
-        ctxs = [store.contexts[int(i)] for i in (store.holdout_indices if indices is None else indices)]
-        rows[("eval contexts", "tokens")] = _describe([c.length - 1 for c in ctxs])
-        texts = store.tokenizer.batch_decode([list(c.token_ids[1:c.length]) for c in ctxs])
-        rows[("eval contexts", "words")] = _describe([len(t.split()) for t in texts])
+        ctxs = [store.context_at(int(i)) for i in (store.holdout_indices if indices is None else indices)]
+        pieces = [c.token_ids[s.start:s.stop].tolist() for c in ctxs for s in c.segments]
+        rows[("eval documents", "tokens")] = _describe([len(p) for p in pieces])
+        rows[("eval documents", "words")] = _describe([len(t.split()) for t in store.tokenizer.batch_decode(pieces)])
     if not rows:
         raise ValueError("pass samples, or a store (with indices), or both")
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["what", "unit"])

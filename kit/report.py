@@ -185,13 +185,13 @@ def summary_frame(run: RunData) -> pd.DataFrame:
     values = {"latents": d_latent, "latents with samples": n_with, "total top samples": total,
               "average samples per latent with samples": total / n_with if n_with else float("nan"),
               "interval samples": int((run.light["kind"] == "interval").sum()) if "kind" in run.light else 0,
-              "drift overlap (all latents)": run.metrics.get("drift")}
+              "top-k retention (all latents)": run.metrics.get("topk_retention")}
     return pd.DataFrame({"quantity": list(values), "value": list(values.values())}).dropna()
 
 
 def top_frame(run: RunData, names: dict, n: int = 50) -> pd.DataFrame:
-    """The `n` latents with the highest max activation: max, mean, sample count, drift, label."""
-    cols = [c for c in ("latent", "max_activation", "mean_activation", "n_samples", "drift") if c in run.latents]
+    """The `n` latents with the highest max activation: max, mean, sample count, top-k retention, label."""
+    cols = [c for c in ("latent", "max_activation", "mean_activation", "n_samples", "topk_retention") if c in run.latents]
     table = run.latents.sort_values(["max_activation", "latent"], ascending=[False, True]).head(n)[cols]
     if names:
         table = table.assign(label=[names.get(int(i), "") for i in table["latent"]])

@@ -140,12 +140,13 @@ def _domains(run: RunData) -> str:
 def _cards(run: RunData, names: dict, patterns: dict) -> str:
     lens = patterns.get("logit_lens")
     lens = None if lens is None else lens.set_index("latent")
-    drift = run.latents.set_index("latent")["drift"] if "drift" in run.latents else pd.Series(dtype=float)
+    kept = (run.latents.set_index("latent")["topk_retention"] if "topk_retention" in run.latents
+            else pd.Series(dtype=float))
     cards = []
     for i in run.shown:
         # the card's own bars are the top-sample shares its title names; held-out shares get bars of their own
         card = sample_card(run.rows[run.rows["latent"] == i], label=names.get(i), profile=run.profile,
-                           drift=None if pd.isna(drift.get(i, np.nan)) else float(drift[i]), phase=run.phase,
+                           retention=None if pd.isna(kept.get(i, np.nan)) else float(kept[i]), phase=run.phase,
                            logit_lens=lens.loc[i] if lens is not None and i in lens.index else None)
         cards.append(card.removesuffix("</div>") + _eval_bars(run, i) + "</div>")
     return f'<div class="cards">{"".join(cards)}</div>'

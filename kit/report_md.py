@@ -92,10 +92,10 @@ def _card(run: RunData, latent: int, label, patterns: dict) -> str:
     rows = run.rows[run.rows["latent"] == latent]
     rows = rows[rows["phase"] == run.phase] if run.phase else rows
     stats = run.latents.set_index("latent").loc[latent]
-    drift = f" · drift overlap {stats['drift']:.0%}" if pd.notna(stats.get("drift")) else ""
+    kept = f" · top-k retention {stats['topk_retention']:.0%}" if pd.notna(stats.get("topk_retention")) else ""
     out = [f"\n### Latent {latent}" + (f" — {md(label)}" if label else "") + "\n\n",
            f"max {stats['max_activation']:.3g} · mean {stats['mean_activation']:.3g} · "
-           f"{int(stats['n_samples'])} top samples{drift}\n\n"]
+           f"{int(stats['n_samples'])} top samples{kept}\n\n"]
     for r in rows[rows["kind"] == "top"].sort_values("rank").head(5).to_dict("records"):
         out.append(f"- {r['activation']:.3g} ({md(r['domain'])}): {md_sample(r)}\n")
     intervals = rows[rows["kind"] == "interval"].sort_values(["interval", "rank"], ascending=[False, True])

@@ -10,11 +10,13 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from kit import distributed
-from kit.collector import TopKCollector, drift, merge_distributed
+from kit.collector import TopKCollector, merge_distributed, topk_retention
 from kit.evaluate import evaluate
+from kit.memory import print_plan
 from kit.models import load_model
 from kit.presets import RunConfig
 from kit.samples import InputCache, final_pass, latent_table, samples_frame
@@ -32,11 +34,16 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
     out = Path(out)
     check_run_folder(out, config, resume)
     device = device or (str(next(model.parameters()).device) if model is not None else distributed.default_device())
+    if rank == 0:
+        print_plan(config, device)
     if model is None:
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
     tok = tokenizer
     store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store,
                                        shard=(rank, world))
+    if rank == 0:
+        print(f"store: {len(store.holdout_indices)} held-out contexts; padding {store.padding_share():.1%} of the "
+              f"positions read so far (pack={config.store.pack})", flush=True)
     torch.manual_seed(config.store.seed)  # every rank starts from the same weights
     tc = Transcoder(TranscoderConfig(d_in=store.d_in, d_out=store.d_out, **dataclasses.asdict(config.latents)))
     tc = tc.to(device)
@@ -70,26 +77,36 @@ def train_run(config: RunConfig, out, resume: bool = False, device: str | None =
     if trainer.step < config.train.steps:
         return None  # interrupted on purpose (stop_at): the checkpoint holds everything
     merge_distributed(trainer.collector)
-    if distributed.rank_world()[0] != 0:
-        distributed.barrier()
-        return None
     metrics = finish(trainer, config, Path(out), time.perf_counter() - start, progress, report)
     distributed.barrier()
     return metrics
 
 
-def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool, report: bool) -> dict:
-    """After the loop: save weights, evaluate, run the frozen final pass, write samples, metrics and report."""
+def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool, report: bool) -> dict | None:
+    """After the loop: save weights, evaluate, run the frozen final pass, write samples, metrics and report.
+
+    Every rank takes part: each evaluates and final-passes the contexts it owns, the results are merged exactly,
+    and rank 0 writes the folder."""
+    rank, world = distributed.rank_world()
     tc, store = trainer.export().eval(), trainer.store
-    tc.save(out / "transcoder")
-    metrics = evaluate(tc, store, config.eval_contexts, trainer.dead_fraction)
-    seen = sorted(store.seen_contexts() | set(store.holdout_indices))
+    if rank == 0:
+        tc.save(out / "transcoder")
+    metrics = evaluate(tc, store, config.eval_contexts, trainer.dead_fraction, across_ranks=True)
     cache = InputCache(store)  # the final pass keeps the inputs, so the windows are re-scored without the LM
-    final = final_pass(tc, store, seen, config.collector, config.train.steps, progress, cache)
-    df = samples_frame({"training": trainer.collector, "final": final}, tc, store, progress, cache)
+    phases = {"training": trainer.collector}
+    for phase, contexts in (("final", store.consumed()),
+                            ("heldout", {i: None for i in store.holdout_indices if store.owns(i)})):
+        phases[phase] = merge_distributed(final_pass(tc, store, contexts, config.collector, trainer.step,
+                                                     progress and rank == 0, cache))
+    frames = distributed.gather_objects(samples_frame(phases, tc, store, progress and rank == 0, cache))
+    padding = distributed.gather_objects([store.padding_share(), len(store.stream.own)])
     del cache
-    per_latent, total = drift(df[df.phase == "training"], df[df.phase == "final"])
-    metrics |= {"drift": total, "tokens_seen": trainer.step * config.store.batch_size,
+    if rank != 0:
+        return None
+    df = sort_samples(pd.concat(frames, ignore_index=True))
+    per_latent, total = topk_retention(df[df.phase == "training"], df[df.phase == "final"])
+    metrics |= {"topk_retention": total, "tokens_seen": trainer.tokens_seen,
+                "padding_share": sum(p * n for p, n in padding) / max(sum(n for _, n in padding), 1),
                 "train_seconds": seconds, "collector": trainer.collector.summary()}
     write_samples(out / "samples.parquet", df, store)
     latent_table(df, per_latent, tc.cfg.d_latent).to_csv(out / "latents.csv", index=False)
@@ -99,6 +116,16 @@ def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool
         from kit.report import write_report
         write_report(out, *interpret_run(out, store, progress=progress))
     return metrics
+
+
+def sort_samples(df):
+    """Samples in one canonical order (phase, kind, latent, interval, rank), whichever ranks built them."""
+    if df.empty:
+        return df
+    order = {"training": 0, "final": 1, "heldout": 2}
+    key = df["phase"].map(order)
+    return df.assign(_p=key).sort_values(["_p", "kind", "latent", "interval", "rank"]).drop(columns="_p") \
+        .reset_index(drop=True)
 
 
 def write_samples(path: Path, df, store) -> None:

@@ -43,41 +43,49 @@ class InputCache:
 
 
 @torch.no_grad()
-def final_pass(transcoder, store, indices, config, step: int, progress: bool = True, cache: InputCache = None):
-    """Re-collect the top-k over `indices` (table contexts) with frozen weights; fills `cache` when given."""
+def final_pass(transcoder, store, contexts: dict, config, step: int, progress: bool = True,
+               cache: InputCache | None = None) -> TopKCollector:
+    """Re-collect the top-k with frozen weights over `contexts` ({context index: [T] bool mask of the tokens to
+    score, or None for all its trained tokens}, e.g. `store.consumed()`); fills `cache` when given."""
     collector = TopKCollector(transcoder.cfg.d_latent, config, transcoder.W_dec.device)
-    T, chunk = store.config.ctx_len, store.config.lm_batch
+    T, chunk, indices = store.config.ctx_len, store.config.lm_batch, sorted(contexts)
     for start in tqdm(range(0, len(indices), chunk), desc="final top-k pass", disable=not progress):
-        idx = torch.as_tensor(indices[start:start + chunk])
+        idx = indices[start:start + chunk]
         x, _, mask = store.activations_for_contexts(idx)
+        mask = mask & torch.as_tensor(np.stack([np.ones(T, dtype=bool) if contexts[i] is None else contexts[i]
+                                                for i in idx]))
         if cache is not None:
-            cache.add(idx.tolist(), x)
-        gids = (idx[:, None] * T + torch.arange(T)[None, :])[mask]
+            cache.add(idx, x)
+        gids = (torch.as_tensor(idx)[:, None] * T + torch.arange(T)[None, :])[mask]
         collector.update(_encode(transcoder, x[mask]), gids.to(transcoder.W_dec.device), step)
     return collector
 
 
 def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progress: bool = True,
                   cache: InputCache | None = None) -> pd.DataFrame:
-    """One row per (latent, phase, kind, rank) with provenance and re-scored windows (see docs/run-folder.md)."""
+    """One row per (latent, phase, kind, rank) with provenance and re-scored windows (see docs/run-folder.md).
+
+    Under torchrun each rank gives the rows of the contexts it owns (`store.owns`); their union is every row."""
     frames = [c.samples().assign(phase=phase) for phase, c in collectors.items()]
     df = pd.concat(frames, ignore_index=True)
+    df = df[[store.owns(int(c)) for c in df["context_index"]]].reset_index(drop=True) if len(df) else df
     if df.empty:
         return df
     cfg = next(iter(collectors.values())).config
-    T = store.config.ctx_len
-    ctx, start, stop = window_slices(df["global_id"].to_numpy(), T, cfg.window_before, cfg.window_after)
-    lengths = np.array([store.contexts[c].length for c in range(len(store.contexts))])
-    stop = np.minimum(stop, lengths[ctx])  # never into padding
+    ctx, start, stop = window_slices(df["global_id"].to_numpy(), store.config.ctx_len, cfg.window_before,
+                                     cfg.window_after)
+    pos = df["position"].to_numpy()
+    metas = [store.context_at(c) for c in ctx]
+    segs = [m.segment_at(p) for m, p in zip(metas, pos)]
+    start = np.maximum(start, [s.start for s in segs])  # a window never crosses into another document
+    stop = np.minimum(stop, [s.stop for s in segs])
     acts = _window_acts(transcoder, cache or InputCache(store, 0), ctx, start, stop, df["latent"].to_numpy(),
                         store.config.lm_batch, progress)
-    meta = [store.contexts[c] for c in ctx]
-    ids = [list(m.token_ids[s:e]) for m, s, e in zip(meta, start, stop)]
+    ids = [m.token_ids[s:e].tolist() for m, s, e in zip(metas, start, stop)]
     pieces = _token_strings(store.tokenizer, ids)
-    pos = df["position"].to_numpy()
     return df.assign(
-        doc_id=[m.doc_id for m in meta], doc_position=[m.doc_start + p - 1 for m, p in zip(meta, pos)],
-        domain=[m.domain for m in meta], source=_sources(store, meta), context_ids=ids,
+        doc_id=[s.doc_id for s in segs], doc_position=[s.doc_start + p - s.start for s, p in zip(segs, pos)],
+        domain=[s.domain for s in segs], source=_sources(store, segs), context_ids=ids,
         context_tokens=[[pieces[t] for t in row] for row in ids], context_acts=acts, token_index=pos - start,
         activation_final=[a[i] for a, i in zip(acts, pos - start)])
 
@@ -108,18 +116,18 @@ def _token_strings(tokenizer, ids: list[list[int]]) -> dict[int, str]:
     return dict(zip(unique, tokenizer.batch_decode([[t] for t in unique])))
 
 
-def _sources(store, meta) -> list[str]:
+def _sources(store, segments) -> list[str]:
     """The corpus source of each sample's document when the store knows it, else the store's source name."""
     lookup = getattr(store, "doc_sources", None) or {}
-    return [lookup.get(m.doc_id, store.source_name) for m in meta]
+    return [lookup.get(s.doc_id, store.source_name) for s in segments]
 
 
-def latent_table(df: pd.DataFrame, drift_L: pd.Series, n_latents: int) -> pd.DataFrame:
-    """Per latent: max and mean activation of its in-training top samples, sample count, drift."""
+def latent_table(df: pd.DataFrame, retention_L: pd.Series, n_latents: int) -> pd.DataFrame:
+    """Per latent: max and mean activation of its in-training top samples, sample count, top-k retention."""
     top = df[(df["phase"] == "training") & (df["kind"] == "top")].groupby("latent")["activation"]
     table = pd.DataFrame({"latent": np.arange(n_latents)}).set_index("latent")
     table["max_activation"] = top.max()
     table["mean_activation"] = top.mean()
     table["n_samples"] = top.size()
-    table["drift"] = drift_L
+    table["topk_retention"] = retention_L
     return table.fillna({"n_samples": 0}).astype({"n_samples": int}).reset_index()

@@ -147,24 +147,25 @@ def sample_line(row, max_act: float) -> str:
 
 
 def sample_card(rows: pd.DataFrame, *, label: str | None = None, profile=None, logit_lens=None,
-                drift: float | None = None, n_top: int = 5, per_interval: int = 1, phase: str | None = None,
+                retention: float | None = None, n_top: int = 5, per_interval: int = 1, phase: str | None = None,
                 domain: str | None = None) -> str:
-    """One latent's card: header (id, label, max/mean activation, sample count, drift), its top `n_top` samples
+    """One latent's card: header (id, label, max/mean activation, sample count, top-k retention), its top `n_top` samples
     highlighted, `per_interval` samples of each activation bin (highest bin first), domain profile, logit lens.
 
     `rows`: that latent's samples. `phase` defaults to `display_phase(rows)`; `domain` keeps that domain's
     samples only. `profile`: domain -> share as a dict, a Series or a profile frame (default: from `rows`).
-    `logit_lens`: a mapping with `promoted` and `suppressed` token lists. `drift` defaults to the share of the
-    latent's training top contexts still in its final top contexts (as `kit.collector.drift`).
+    `logit_lens`: a mapping with `promoted` and `suppressed` token lists. `retention` defaults to the share of
+    the latent's training top contexts still in its final top contexts (`kit.collector.topk_retention`).
     """
     if rows["latent"].nunique() != 1:
         raise ValueError(f"sample_card renders one latent, got latents {sorted(set(rows['latent']))[:8]}")
     latent, phase = int(rows["latent"].iloc[0]), phase or display_phase(rows)
     shown = _of_phase(rows, phase)
-    stats, drift = latent_stats(shown), _drift(rows) if drift is None else drift
+    stats = latent_stats(shown)
+    retention = _retention(rows) if retention is None else retention
     shown = shown if domain in (None, "all") else shown[shown["domain"] == domain]
     scale = max((max(a, default=0.0) for a in shown["context_acts"]), default=0.0)
-    parts = [_card_header(latent, label, stats, drift, phase)]
+    parts = [_card_header(latent, label, stats, retention, phase)]
     top = shown[shown["kind"] == "top"].sort_values("rank", kind="stable").head(n_top)
     parts.append(_block("top activations" + (f" in {domain}" if domain not in (None, "all") else ""),
                         [sample_line(r, scale) for r in top.to_dict("records")]))
@@ -180,13 +181,13 @@ def sample_card(rows: pd.DataFrame, *, label: str | None = None, profile=None, l
     return f'<div class="kit-card" style="{CARD}">{"".join(parts)}</div>'
 
 
-def _card_header(latent: int, label, stats: dict, drift, phase) -> str:
+def _card_header(latent: int, label, stats: dict, retention, phase) -> str:
     bits = [f"max {stats['max']:.3g}", f"mean {stats['mean']:.3g}", f"{stats['n']} top samples"]
     if phase:
         bits[-1] += f" ({esc(phase)} pass)"
-    if drift is not None and math.isfinite(drift):
+    if retention is not None and math.isfinite(retention):
         bits.append(f'<span title="share of its training top-k contexts still in its final top-k">'
-                    f'drift overlap {drift:.0%}</span>')
+                    f'top-k retention {retention:.0%}</span>')
     name = f"Latent {latent}" + (f" — {esc(label)}" if label else "")
     return (f'<div style="font-weight:600;font-size:14px">{name}</div>'
             f'<div style="font-size:12px;color:#444">{" · ".join(bits)}</div>')
@@ -197,13 +198,14 @@ def _block(title: str, items: list[str]) -> str:
     return f'<div style="margin-top:6px"><div style="font-size:12px;color:#555">{esc(title)}</div>{body}</div>'
 
 
-def _drift(rows: pd.DataFrame) -> float | None:
-    if not {"phase", "kind", "context_index"} <= set(rows.columns):
+def _retention(rows: pd.DataFrame) -> float | None:
+    from kit.collector import topk_retention
+    if not {"phase", "kind", "context_index", "latent"} <= set(rows.columns):
         return None
-    top = rows[rows["kind"] == "top"]
-    train = set(top.loc[top["phase"] == "training", "context_index"])
-    final = set(top.loc[top["phase"] == "final", "context_index"])
-    return len(train & final) / len(train) if train and final else None
+    train, final = rows[rows["phase"] == "training"], rows[rows["phase"] == "final"]
+    if not len(train[train["kind"] == "top"]) or not len(final[final["kind"] == "top"]):
+        return None
+    return topk_retention(train, final)[1]
 
 
 def _shares(rows: pd.DataFrame, latent: int, profile, phase) -> dict:

@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown]
 # # 01 · Train a transcoder on layer 8
 # A transcoder learns to replace layer 8's MLP with a wide, sparse dictionary: MLP input in, MLP output out.
@@ -115,8 +103,8 @@ samples = pd.read_parquet(out / "samples.parquet")
 training_top = samples[(samples.phase == "training") & (samples.kind == "top")]
 per_latent = training_top.groupby("latent").size()
 print(f"latents with samples: {per_latent.size:,} of {config.latents.d_latent:,}; total samples: {len(training_top):,}; "
-      f"average per latent: {per_latent.mean():.1f}; drift (in-training top-k still in the final top-k): "
-      f"{metrics['drift']:.1%}")
+      f"average per latent: {per_latent.mean():.1f}; top-k retention (in-training top-k still in the final top-k): "
+      f"{metrics['topk_retention']:.1%}")
 
 # %%
 strongest = training_top.sort_values("activation", ascending=False).drop_duplicates("latent").head(3)

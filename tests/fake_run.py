@@ -58,7 +58,7 @@ def write_run(folder: Path, n_latents: int = 6) -> Path:
     pd.DataFrame({"step": steps, "tokens": steps * 256, "lr": lr, "loss": 2 / (1 + steps), "fvu": 1 / (1 + steps),
                   "l0": 2.0, "dead_frac": 0.25, "tokens_per_s": 1000.0}).to_csv(folder / "history.csv", index=False)
     metrics = {"fvu": 0.2, "explained_variance": 0.8, "l0": 2.0, "dead_frac": 0.25, "delta_ce": 0.1,
-               "ce_loss_recovered": 0.9, "drift": 0.5, "collector": {"total_samples": 48}}
+               "ce_loss_recovered": 0.9, "topk_retention": 0.5, "collector": {"total_samples": 48}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     df = make_samples(n_latents)
     table = pa.Table.from_pandas(df, preserve_index=False)
@@ -66,7 +66,7 @@ def write_run(folder: Path, n_latents: int = 6) -> Path:
     pq.write_table(table, folder / "samples.parquet")
     top = df[(df.phase == "training") & (df.kind == "top")].groupby("latent")["activation"]
     pd.DataFrame({"latent": range(8)}).assign(
-        max_activation=top.max(), mean_activation=top.mean(), n_samples=top.size(), drift=0.5
+        max_activation=top.max(), mean_activation=top.mean(), n_samples=top.size(), topk_retention=0.5
     ).fillna({"n_samples": 0}).to_csv(folder / "latents.csv", index=False)
     return folder
 

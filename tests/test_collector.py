@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load, save
 
-from kit.collector import CollectorConfig, TopKCollector, drift, merge_distributed, window_slices
+from kit.collector import CollectorConfig, TopKCollector, merge_distributed, topk_retention, window_slices
 from kit.intervals import _M32, _mul32, context_key, desc_value
 
 N_CTX, CTX_LEN, L = 40, 16, 24
@@ -285,14 +285,14 @@ def test_samples_frame_summary_and_windows():
     assert ctx.tolist() == [1, 1, 2] and start.tolist() == [1, 11, 4] and stop.tolist() == [4, 16, 11]
 
 
-def test_drift_counts_contexts_still_in_the_final_top():
+def test_topk_retention_counts_contexts_still_in_the_final_top():
     train = pd.DataFrame({"latent": [0, 0, 0, 1, 1, 2], "context_index": [1, 2, 3, 4, 5, 6], "kind": "top"})
     final = pd.DataFrame({"latent": [0, 0, 1, 1, 2], "context_index": [2, 3, 9, 8, 1], "kind": "top"})
     interval_row = pd.DataFrame({"latent": [2], "context_index": [6], "kind": ["interval"]})
-    per_latent, total = drift(train, pd.concat([final, interval_row]))
+    per_latent, total = topk_retention(train, pd.concat([final, interval_row]))
     assert per_latent.to_dict() == {0: 2 / 3, 1: 0.0, 2: 0.0} and total == 2 / 6
     with pytest.raises(ValueError, match="doc_id"):
-        drift(train, final, key="doc_id")
+        topk_retention(train, final, key="doc_id")
 
 
 def test_bad_inputs_say_what_is_wrong():

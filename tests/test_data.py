@@ -4,7 +4,8 @@ import json
 import datasets
 import pytest
 
-from kit.data import iter_contexts, open_source, stack_tokens
+from kit.data import open_source
+from kit.packing import iter_contexts, real_mask, stack_tokens
 
 DOCS = [{"text": "The quick brown fox jumps over the lazy dog. " * 30, "meta": {"kind": "fable"}},
         {"text": "Insulin regulates blood glucose in patients with diabetes. " * 20, "meta": {"kind": "medicine"}}]
@@ -23,12 +24,12 @@ def test_context_invariants(embedded):
     assert len(first) == -(-len(doc0) // 31) or len(first) == len(doc0) // 31  # last piece kept if >= min_tokens
     for c in ctxs:
         assert c.token_ids[0] == tok.bos_token_id and len(c.token_ids) == 32
-        assert tok.bos_token_id not in c.token_ids[1:c.length]
+        assert tok.bos_token_id not in c.token_ids[1:c.length].tolist()
     # Long documents are split, and positions continue across the pieces.
-    rebuilt = [t for c in first for t in c.token_ids[1:c.length]]
+    rebuilt = [t for c in first for t in c.token_ids[1:c.length].tolist()]
     assert rebuilt == doc0[:len(rebuilt)] and [c.doc_start for c in first] == list(range(0, 31 * len(first), 31))
     assert {c.domain for c in ctxs} == {"fable", "medicine"}
-    tokens, mask = stack_tokens(ctxs)
+    tokens, mask = stack_tokens(ctxs), real_mask(ctxs)
     assert tokens.shape == (len(ctxs), 32) and mask.sum() == sum(c.length for c in ctxs)
 
 
@@ -67,4 +68,4 @@ def test_bos_inside_text_is_removed(embedded):
     _, tok = embedded
     text = f"before {tok.bos_token} after " * 20
     ctxs = list(iter_contexts([{"text": text}], tok, 16))
-    assert all(tok.bos_token_id not in c.token_ids[1:] for c in ctxs)
+    assert all(tok.bos_token_id not in c.token_ids[1:c.length].tolist() for c in ctxs)

@@ -72,7 +72,9 @@ def _train_full_and_resumed(rank: int, run_dir: Path, activation: str) -> dict:
     full = make(run_dir / "full", activation, rank)
     full.fit(progress=False)
     make(run_dir / "cut", activation, rank).fit(stop_at=3, progress=False)  # "killed" after step 3
-    (run_dir / "cut/checkpoints/latest").write_text("step_0000002")  # as if before step 3 was saved
+    if rank == 0:  # as if killed before step 3 was saved (one writer: the other rank reads it next)
+        (run_dir / "cut/checkpoints/latest").write_text("step_0000002")
+    dist.barrier()
     resumed = make(run_dir / "cut", activation, rank)
     assert resumed.resume() and resumed.step == 2
     resumed.fit(progress=False)

@@ -78,10 +78,13 @@ def test_length_stats_against_hand_counts():
     assert got.loc[("sample windows", "tokens")].tolist() == [3, pytest.approx(13 / 3), 4, 4, 5]
     # ' the cats,' = 2 words, ' unbelievable sat the' = 3, ' The cat\n the' = 3
     assert got.loc[("sample windows", "words"), "mean"] == pytest.approx(8 / 3)
-    ctx = [SimpleNamespace(token_ids=(99, 0, 1, 99), length=3), SimpleNamespace(token_ids=(99, 4, 4, 4), length=4)]
-    store = SimpleNamespace(contexts=ctx, tokenizer=IdTokenizer(), holdout_indices=[0, 1])
+    seg = lambda a, b: SimpleNamespace(start=a, stop=b)  # noqa: E731
+    ctx = [SimpleNamespace(token_ids=np.array([99, 0, 1, 99]), segments=(seg(1, 3),)),  # BOS, 2 tokens, padding
+           SimpleNamespace(token_ids=np.array([99, 4, 99, 4]), segments=(seg(1, 2), seg(3, 4)))]  # two documents
+    store = SimpleNamespace(context_at=lambda i: ctx[i], tokenizer=IdTokenizer(), holdout_indices=[0, 1])
     got = length_stats(store=store)
-    assert got.loc[("eval contexts", "tokens"), "mean"] == 2.5 and got.loc[("eval contexts", "words"), "max"] == 3
+    assert got.loc[("eval documents", "tokens"), "n"] == 3 and got.loc[("eval documents", "tokens"), "mean"] == 4 / 3
+    assert got.loc[("eval documents", "words"), "max"] == 2
 
 
 def tiny(kind):

@@ -50,13 +50,17 @@ def test_run_folder_layout_and_samples(tmp_path, embedded):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "metrics.json").read_text())["fvu"] == pytest.approx(metrics["fvu"])
     df = pd.read_parquet(tmp_path / "samples.parquet")
-    assert set(df.phase) == {"training", "final"} and set(df.kind) <= {"top", "interval"}
+    assert set(df.phase) == {"training", "final", "heldout"} and set(df.kind) <= {"top", "interval"}
+    held = set(df[df.phase == "heldout"].context_index)
+    assert held and held <= set(range(TINY.store.holdout_contexts)), "the held-out phase reads held-out contexts"
     from kit.store import TranscoderActivationsStore
     store = TranscoderActivationsStore(model, "embedded", 8, tokenizer=tok, config=TINY.store)
     for r in df.sample(20, random_state=0).itertuples():  # the window holds the collected token, re-scored
         ctx = store.context_at(r.context_index)
-        assert r.context_ids[r.token_index] == ctx.token_ids[r.position] and r.doc_id == ctx.doc_id
-        assert r.domain == ctx.domain and r.global_id == r.context_index * TINY.store.ctx_len + r.position
+        seg = ctx.segment_at(r.position)
+        assert r.context_ids[r.token_index] == ctx.token_ids[r.position] and r.doc_id == seg.doc_id
+        assert r.domain == seg.domain and r.global_id == r.context_index * TINY.store.ctx_len + r.position
+        assert r.doc_position == seg.doc_start + r.position - seg.start
         assert tok.decode([ctx.token_ids[r.position]]) == r.context_tokens[r.token_index]
         assert r.activation_final == pytest.approx(r.context_acts[r.token_index])
     final = df[(df.phase == "final") & (df.kind == "top")]
@@ -82,10 +86,11 @@ def test_torchrun_two_gloo_ranks(tmp_path, embedded):
     from kit.store import TranscoderActivationsStore
     model, tok = embedded
     store = TranscoderActivationsStore(model, "embedded", 8, tokenizer=tok, config=TINY.store)
-    n = 4 * TINY.store.batch_size // (TINY.store.ctx_len - 1) + TINY.store.refill_contexts
-    shard = [{store._train_context(j * 2 + r) for j in range(n)} for r in (0, 1)]
+    h = TINY.store.holdout_contexts
     train = set(pd.read_parquet(tmp_path / "samples.parquet").query("phase == 'training'").context_index)
-    assert train & shard[0] and train & shard[1], "the merged collector must hold samples from both ranks"
+    assert {(i - h) % 2 for i in train} == {0, 1}, "the merged collector must hold samples from both ranks"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tokens_seen"] == 2 * 4 * TINY.store.batch_size, "tokens_seen counts every rank"
     state = json.loads(next((tmp_path / "checkpoints").glob("step_*/state.json")).read_text())
     assert len(state["store"]) == 2, "the checkpoint must hold both ranks' stream positions"
 
@@ -93,3 +98,13 @@ def test_torchrun_two_gloo_ranks(tmp_path, embedded):
 TINY_ARGS = ["latents.d_latent=256", "latents.k=8", "train.steps=4", "train.checkpoint_every=2",
              "store.batch_size=256", "store.refill_contexts=8", "store.shuffle_contexts=64",
              "store.holdout_contexts=16", "eval_contexts=8", "collector.k=4"]
+
+
+def test_topk_retention_is_one_when_the_weights_do_not_move(tmp_path, embedded):
+    """The final pass ranks over exactly the tokens training consumed, so a frozen run keeps its top-k."""
+    model, tok = embedded
+    frozen = TINY.override(["train.lr=1e-12", "train.steps=5", "collector.n_intervals=0"])
+    metrics = train_run(frozen, tmp_path, progress=False, report=False, model=model, tokenizer=tok)
+    assert metrics["topk_retention"] >= 0.99, metrics["topk_retention"]
+    latents = pd.read_csv(tmp_path / "latents.csv")
+    assert "topk_retention" in latents and latents["topk_retention"].dropna().min() >= 0.5

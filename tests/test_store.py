@@ -1,12 +1,13 @@
 """The activation store on the real embedded model: provenance, mixing, BOS handling, resume, bad input."""
 import datasets
+import numpy as np
 import pytest
 import torch
 
 from kit.store import StoreConfig, TranscoderActivationsStore
 
-OPTS = dict(ctx_len=64, batch_size=256, refill_contexts=48, shuffle_contexts=4096, holdout_contexts=4,
-            domain_field="dom")
+OPTS = dict(ctx_len=64, batch_size=256, refill_contexts=16, shuffle_contexts=4096, holdout_contexts=4,
+            holdout_share=0.25, domain_field="dom")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def test_batch_mixes_documents_and_domains(batch):
 def test_no_bos_or_padding_rows(store, batch):
     bos = store.tokenizer.bos_token_id
     assert (batch.token_ids != bos).all() and (batch.positions >= 1).all()
-    lengths = torch.tensor([store.contexts[int(g) // 64].length for g in batch.global_ids])
-    assert (batch.positions < lengths).all(), "a padding position came out"
+    for g, p in zip(batch.global_ids.tolist(), batch.positions.tolist()):
+        assert store.context_at(g // 64).trained_mask()[p], "a BOS or padding position came out"
 
 
 def test_context_is_clipped_to_its_own_context(store, batch):
@@ -61,8 +62,9 @@ def test_context_is_clipped_to_its_own_context(store, batch):
     pos = gid % 64
     assert len(store.context(gid, before=3, after=2)) <= 6
     full = store.context(gid, before=10_000, after=10_000)
-    assert full[0] == store.tokenizer.bos_token_id and len(full) == store.contexts[gid // 64].length
-    assert full[pos] == int(batch.token_ids[0])
+    seg = store.context_at(gid // 64).segment_at(pos)
+    assert full[0] == store.tokenizer.bos_token_id and len(full) == seg.stop - seg.start + 1
+    assert full[pos - seg.start + 1] == int(batch.token_ids[0])
     assert store.tokenizer.decode([full[pos]]) in store.decode_context(gid, 5, 5)
 
 
@@ -115,3 +117,57 @@ def test_config_validation():
         StoreConfig(dtype="int8")
     with pytest.raises(ValueError, match="min_tokens"):
         StoreConfig(ctx_len=8, min_tokens=8)
+
+
+def test_held_out_documents_are_whole_random_and_never_trained(store):
+    held = {int(d) for d in np.unique(store.token_provenance(store.holdout_indices).doc_ids) if d >= 0}
+    assert held and all(store.stream.is_held_out(d) for d in held)
+    trained = set()
+    for _ in range(6):
+        trained |= set(store.get_batch_with_tokens().doc_ids.tolist())
+    assert trained and not trained & held, "a held-out document was trained on"
+    assert held != set(range(len(held))), "held-out documents are drawn at random, not the first of the stream"
+
+
+def test_mixing_spreads_batches_over_more_contexts(embedded, stdlib_texts):
+    """Without mixing, a refill's few contexts feed several batches in a row (highly correlated rows); a buffer of
+    four refills spreads every batch over about four times as many contexts."""
+    model, tok = embedded
+    def contexts_per_batch(mix):
+        s = TranscoderActivationsStore(model, stdlib_texts, 8, tokenizer=tok, **{**OPTS, "mix_refills": mix,
+                                                                                "batch_size": 128})
+        return np.mean([len(set((s.get_batch_with_tokens().global_ids // 64).tolist())) for _ in range(6)])
+    assert contexts_per_batch(4) > 2.5 * contexts_per_batch(1)
+
+
+def test_consumed_is_exactly_the_tokens_handed_out(embedded, stdlib_texts):
+    model, tok = embedded
+    s = TranscoderActivationsStore(model, stdlib_texts, 8, tokenizer=tok, **OPTS)
+    handed = set()
+    for _ in range(5):  # ends inside a chunk, with refills only partly handed out
+        handed |= set(s.get_batch_with_tokens().global_ids.tolist())
+    got = set()
+    for index, mask in s.consumed().items():
+        mask = s.context_at(index).trained_mask() if mask is None else mask
+        got |= {index * 64 + int(p) for p in np.flatnonzero(mask)}
+    assert got == handed
+
+
+def test_ranks_own_disjoint_shards_of_one_stream(embedded, stdlib_texts):
+    model, tok = embedded
+    one = TranscoderActivationsStore(model, stdlib_texts, 8, tokenizer=tok, **OPTS)
+    ranks = [TranscoderActivationsStore(model, stdlib_texts, 8, tokenizer=tok, shard=(r, 2), **OPTS) for r in (0, 1)]
+    n = 20
+    shards = [set(r.train_contexts(n)) for r in ranks]
+    assert not shards[0] & shards[1] and all(r.owns(i) for r, sh in zip(ranks, shards) for i in sh)
+    assert shards[0] | shards[1] == {one.stream.train_index(m) for m in range(2 * n)} or len(shards[0] | shards[1]) == 2 * n
+    for r, sh in zip(ranks, shards):  # the same context, token for token, whichever store holds it
+        i = min(sh)
+        assert np.array_equal(r.context_at(i).token_ids, one.context_at(i).token_ids)
+    with pytest.raises(ValueError, match="belongs to rank"):
+        ranks[0].context_at(min(shards[1]))
+    assert ranks[0].holdout_indices == one.holdout_indices
+
+
+def test_padding_share_is_measured(store):
+    assert 0 <= store.padding_share() < 0.05, "packed contexts leave padding only before the source ends"

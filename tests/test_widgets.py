@@ -119,15 +119,15 @@ def test_card_sections_and_escaping(samples):
     assert html.count('class="kit-tokens"') == 3 + 3, "3 top samples and one per interval bin"
     bins = [int(b) for b in re.findall(r"interval bin (\d+)", html)]
     assert bins == [2, 1, 0], "highest bin first"
-    assert "drift overlap 50%" in html, "2 of the 4 training top contexts (ranks 0, 2) are final top contexts"
+    assert "top-k retention 50%" in html, "2 of the 4 training top contexts (ranks 0, 2) are final top contexts"
     assert "logit lens, promoted" in html and "&lt;script&gt;</code>" in html and "⏎</code>" in html
     assert 'class="kit-profile"' in html and "100%" in html
 
 
 def test_card_domain_filter_and_errors(samples):
     rows = samples[samples.latent == 3]
-    html = sample_card(rows, domain="code", drift=0.5)
-    assert "top activations in code" in html and "drift overlap 50%" in html
+    html = sample_card(rows, domain="code", retention=0.5)
+    assert "top activations in code" in html and "top-k retention 50%" in html
     assert "&lt;b&gt;legal&lt;/b&gt;" in html and "<b>legal" not in html, "domain names are escaped too"
     assert "act 4 · code" not in html and "act 3.6 · code" in html, "rank 0 (legal) is filtered out"
     with pytest.raises(ValueError, match="one latent"):
