@@ -23,7 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kit.collector import CollectorConfig, TopKCollector
+from kit.collect.collector import TopKCollector
+
+from kit.config import CollectorConfig
 
 D, K, BATCH, CTX_LEN, REFILL = 576, 32, 4096, 128, 256
 

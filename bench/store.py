@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from kit.models import load_model
-from kit.store import StoreConfig, TranscoderActivationsStore
+from kit.lm.models import load_model
+from kit.lm.store import TranscoderActivationsStore
+from kit.config import StoreConfig
 
 
 class _Stop(Exception):
@@ -53,7 +54,8 @@ def main():
                       shuffle_contexts=args.contexts, holdout_contexts=0, autocast=args.autocast)
     store = TranscoderActivationsStore(model, "embedded", 8, tokenizer=tok, config=cfg)
     # The contexts of refill 0, in the order the store reads them: both sides run exactly these.
-    tokens = torch.tensor([store.context_at(store._train_context(j)).token_ids for j in range(args.contexts)])
+    idx = store.train_contexts(args.contexts)
+    tokens = store.tokens_for_contexts(idx)[0]
     bare_forward(model, tokens[:args.lm_batch], 8, args.lm_batch, args.autocast)  # warm up
     best_bare, best_store = float("inf"), float("inf")
     for r in range(args.repeats):  # interleave the two sides so that machine noise hits both
@@ -61,7 +63,8 @@ def main():
         bare_forward(model, tokens, 8, args.lm_batch, args.autocast)
         best_bare = min(best_bare, time.perf_counter() - t)
         t = time.perf_counter()
-        store._load_refill(0)  # one full refill of the same contexts: LM trace, mask, shuffle
+        x, y, mask = store.activations_for_contexts(idx)  # what a refill runs: the nnsight read, stopped after
+        x[mask][torch.randperm(int(mask.sum()))], y[mask]     # the layer, then masking and a shuffle
         best_store = min(best_store, time.perf_counter() - t)
     # Same token count on both sides (BOS included), so the ratio is a pure time ratio.
     bare_tps, store_tps = tokens.numel() / best_bare, tokens.numel() / best_store

@@ -40,8 +40,8 @@ def end_to_end(steps: int) -> None:
     trainer = prepare(config, out)
     store = trainer.store
     n_ctx = steps * config.store.batch_size // (config.store.ctx_len - 1) + 1
-    idx = [store._train_context(j) for j in range(n_ctx)]
-    tokens = torch.tensor([store.contexts[i].token_ids for i in idx])
+    idx = store.train_contexts(n_ctx)
+    tokens = store.tokens_for_contexts(idx)[0]
     bare_forward_tps(store.model, tokens[:32], config.store.lm_batch, True)  # warm up
     fp32 = bare_forward_tps(store.model, tokens, config.store.lm_batch, False)
     bf16 = bare_forward_tps(store.model, tokens, config.store.lm_batch, True)

@@ -5,11 +5,13 @@ __version__ = "0.1.0"
 
 # Lazy attribute access keeps `import kit` cheap (no torch/transformers import until used).
 _EXPORTS = {
-    "load_model": "kit.models",
-    "TranscoderActivationsStore": "kit.store",
-    "Transcoder": "kit.transcoder",
-    "TranscoderConfig": "kit.transcoder",
-    "TopKCollector": "kit.collector",
+    "load_model": "kit.lm.models",
+    "TranscoderActivationsStore": "kit.lm.store",
+    "Transcoder": "kit.model.transcoder",
+    "TranscoderConfig": "kit.config",
+    "TopKCollector": "kit.collect.collector",
+    "Trainer": "kit.train.trainer",
+    "RunConfig": "kit.config",
 }
 
 

@@ -53,8 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         _dispatch(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: say what, not a traceback
-        raise SystemExit(f"error: {err}") from None
+    except Exception as err:
+        if not _bad_input(err):
+            raise  # a bug: its traceback is what a bug report needs
+        raise SystemExit("error: " + " ".join(str(err).split())) from None  # one line, however the message wraps
+
+
+def _bad_input(err: Exception) -> bool:
+    """Whether `err` is about the user's input or machine (a value, a path, a model, the network), not a bug."""
+    from kit.lm.models import ModelLoadError  # only on error: `--help` stays fast
+    return isinstance(err, (ValueError, OSError, ModelLoadError))
 
 
 def _dispatch(args) -> None:
@@ -69,20 +77,11 @@ def _dispatch(args) -> None:
 
 def _report(run_dir: Path) -> None:
     """Rebuild the report; interpret the run first (model needed) if it was never interpreted."""
-    from kit.interpret import interpret_run, load_interpretation
-    from kit.report import write_report
+    from kit.interpret.interpretation import ensure_interpretation
+    from kit.report.write import write_report
     if not (run_dir / "config.json").exists():
         raise SystemExit(f"error: {run_dir} is not a run folder (no config.json); pass the --out of a training run")
-    analysis, patterns = load_interpretation(run_dir)
-    if analysis is None:
-        from kit.models import load_model
-        from kit.presets import RunConfig
-        from kit.store import TranscoderActivationsStore
-        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-        model, tok = load_model(config.model)
-        store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
-        analysis, patterns = interpret_run(run_dir, store)
-    md, html = write_report(run_dir, analysis, patterns)
+    md, html = write_report(run_dir, ensure_interpretation(run_dir))
     print(f"wrote {md} and {html}")
 
 

@@ -8,7 +8,7 @@ m the model dtype's bytes.
     lm_forward(B, T) = B·T·(8·D + 3·I)·m + B·H·T²·(4 + 2m) + 2·B·T²·m
         one no-grad forward holds one block's tensors at a time: residual, norms, q/k/v and MLP products,
         eager attention's scores (in m, then fp32 softmax, then m again) and its masks.
-    evaluation peak = lm_forward(B, T) + 40·B·T·D + 12·C·L + 16·C·V       (see kit.evaluate)
+    evaluation peak = lm_forward(B, T) + 40·B·T·D + 12·C·L + 16·C·V       (see kit.interpret.evaluate)
         beyond the weights: one forward, ten fp32 [B, T, D] tensors, one transcoder chunk's pre-acts and acts,
         and four fp32 [C, V] tensors (the unembedding runs on C positions at a time).
 """
@@ -18,7 +18,7 @@ import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kit.evaluate import CHUNK_TOKENS
+from kit.interpret.evaluate import CHUNK_TOKENS
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -78,7 +78,7 @@ def lm_forward_bytes(s: ModelShape, B: int, T: int, m: int) -> int:
 
 
 def eval_peak_bytes(s: ModelShape, B: int, T: int, m: int, d_latent: int, chunk_tokens: int = CHUNK_TOKENS) -> int:
-    """Bound on `kit.evaluate.evaluate`'s peak beyond the weights (module docstring)."""
+    """Bound on `kit.interpret.evaluate.evaluate`'s peak beyond the weights (module docstring)."""
     C = chunk_tokens
     return lm_forward_bytes(s, B, T, m) + 40 * B * T * s.d_model + 12 * C * d_latent + 16 * C * s.vocab
 
@@ -97,6 +97,9 @@ class MemoryPlan:
     rows: tuple[Row, ...]
     device_bytes: int | None = None
     note: str = ""
+
+    host: tuple[Row, ...] = ()
+    """Host-RAM rows per rank (not on the device; not in `total`)."""
 
     @property
     def total(self) -> int:
@@ -118,17 +121,19 @@ class MemoryPlan:
             verdict = "fits" if left >= 0 else "DOES NOT FIT"
             lines.append(f"  {'device':<28}{self.device_bytes / GiB:>8.2f} GiB   {verdict}: "
                          f"{left / GiB:.2f} GiB ({left / self.device_bytes:.0%}) left")
+        lines += [f"  host RAM per rank: {r.name:<18}{r.bytes / GiB:>8.2f} GiB   {r.formula}" for r in self.host]
         return "\n".join(lines)
 
 
-def memory_plan(config, device_bytes: int | None = None) -> MemoryPlan:
-    """The memory plan of a `kit.presets.RunConfig` on a device of `device_bytes` (None: size unknown)."""
+def memory_plan(config, device_bytes: int | None = None, world: int = 1) -> MemoryPlan:
+    """The memory plan of a `kit.presets.RunConfig` on a device of `device_bytes` (None: size unknown), for one of
+    `world` ranks."""
     title = f"{config.name} ({config.model}, layer {config.layer})"
     s = model_shape(config.model)
     if s is None:
         return MemoryPlan(title, (), device_bytes, f"unknown model shape for {config.model!r}: not in "
                           f"kit.memory.KNOWN_SHAPES and no cached transformers config")
-    return MemoryPlan(title, tuple(_rows(config, s)), device_bytes)
+    return MemoryPlan(title, tuple(_rows(config, s)), device_bytes, host=tuple(_host_rows(config, world)))
 
 
 def _rows(config, s: ModelShape) -> list[Row]:
@@ -148,15 +153,25 @@ def _rows(config, s: ModelShape) -> list[Row]:
         Row("transcoder + grads + Adam", 4 * tc * 4, f"4 x {tc / 1e6:.3g}e6 params x 4 B"),
         Row("training batch", st.batch_size * (4 * L + 2 * D) * 4,
             "batch x (4L + 2D) x 4 B: pre-acts, acts, AuxK copy, their grad; x and y"),
-        Row("collectors", 2 * L * slots * 20, f"2 x L x {slots} slots x 20 B (value, id, step): training and final"),
-        Row("final-pass input cache", int(_input_cache_bytes()), "kit.samples.InputCache max_bytes"),
+        Row("collectors", 3 * L * slots * 20,
+            f"3 x L x {slots} slots x 20 B (value, id, step): training, final and held-out"),
+        Row("final-pass input cache", int(_input_cache_bytes()), "kit.collect.final_pass.InputCache max_bytes"),
         Row("evaluation peak", eval_peak_bytes(s, B, T, m, L),
             f"lm_forward + 40*B*T*D + 12*C*L + 16*C*V, C = {CHUNK_TOKENS}"),
     ]
 
 
+def _host_rows(config, world: int) -> list[Row]:
+    """The context table each rank keeps: its own training contexts (a 1/world share) and the held-out ones."""
+    st = config.store
+    contexts = -(-config.train.steps * st.batch_size // st.ctx_len) + st.holdout_contexts * world
+    per_rank = contexts // world + st.holdout_contexts
+    return [Row("context table", per_rank * (4 * st.ctx_len + 400),
+                f"{per_rank:,} contexts x (4 B x ctx_len {st.ctx_len} + ~400 B of provenance)")]
+
+
 def _input_cache_bytes() -> float:
-    from kit.samples import InputCache
+    from kit.collect.final_pass import InputCache
     return inspect.signature(InputCache.__init__).parameters["max_bytes"].default
 
 
@@ -168,8 +183,8 @@ def device_bytes_of(device) -> int | None:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory
 
 
-def print_plan(config, device=None, device_bytes: int | None = None) -> MemoryPlan:
+def print_plan(config, device=None, device_bytes: int | None = None, world: int = 1) -> MemoryPlan:
     """Print the memory plan of `config` against `device`'s memory (or `device_bytes`) and return it."""
-    plan = memory_plan(config, device_bytes if device_bytes is not None else device_bytes_of(device))
+    plan = memory_plan(config, device_bytes if device_bytes is not None else device_bytes_of(device), world)
     print(plan.format(), flush=True)
     return plan

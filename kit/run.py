@@ -1,6 +1,7 @@
 """One training run end to end: model, store, transcoder, loop, metrics, final top-k pass, samples, report.
 
-`python -m kit train` and the notebooks both call `train_run`, so they produce the same run folder.
+`python -m kit train` calls `train_run`; notebook 01 builds the same pieces cell by cell (`start_run`, the loop in
+chunks, then `finish`), so both write the same run folder. `ensure_run` is the one-call version for scripts.
 """
 from __future__ import annotations
 
@@ -14,15 +15,24 @@ import pandas as pd
 import torch
 
 from kit import distributed
-from kit.collector import TopKCollector, merge_distributed, topk_retention
-from kit.evaluate import evaluate
+from kit.collect.collector import TopKCollector
+from kit.collect.merge import merge_distributed
+from kit.collect.samples import select, topk_retention
+from kit.interpret.evaluate import evaluate
 from kit.memory import print_plan
-from kit.models import load_model
-from kit.presets import RunConfig
-from kit.samples import InputCache, final_pass, latent_table, samples_frame
-from kit.store import TranscoderActivationsStore
-from kit.trainer import Trainer
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.corpus.records import check_source
+from kit.lm.models import check_model_name, load_model
+from kit.config import RunConfig
+from kit.collect.final_pass import InputCache, final_pass, latent_table, samples_frame
+from kit.lm.store import TranscoderActivationsStore
+from kit.train import checkpoint
+from kit.train.trainer import Trainer
+from kit.model.transcoder import Transcoder
+from kit.io import atomic_write, write_json
+
+RUN_FILES = ("config.json", "transcoder", "checkpoints", "history.csv", "samples.parquet", "latents.csv",
+             "metrics.json", "report.md", "report.html")
+"""What every finished run folder holds at its top, whoever wrote it (docs/run-folder.md lists the rest)."""
 
 
 def prepare(config: RunConfig, out, resume: bool = False, device: str | None = None, model=None, tokenizer=None):
@@ -32,10 +42,14 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
     """
     rank, world = distributed.rank_world()
     out = Path(out)
-    check_run_folder(out, config, resume)
+    check_run_folder(out, config, resume)  # everything the config and the folder tell is checked before loading
+    check_source(config.source)
+    if model is None:
+        check_model_name(config.model)
     device = device or (str(next(model.parameters()).device) if model is not None else distributed.default_device())
+    _check_device(device)
     if rank == 0:
-        print_plan(config, device)
+        print_plan(config, device, world=world)
     if model is None:
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
     tok = tokenizer
@@ -45,12 +59,13 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
         print(f"store: {len(store.holdout_indices)} held-out contexts; padding {store.padding_share():.1%} of the "
               f"positions read so far (pack={config.store.pack})", flush=True)
     torch.manual_seed(config.store.seed)  # every rank starts from the same weights
-    tc = Transcoder(TranscoderConfig(d_in=store.d_in, d_out=store.d_out, **dataclasses.asdict(config.latents)))
+    tc = Transcoder(dataclasses.replace(config.latents, d_in=store.d_in, d_out=store.d_out))
     tc = tc.to(device)
     collector = TopKCollector(tc.cfg.d_latent, config.collector, device)
     trainer = Trainer(tc, store, config.train, out, collector, config_dict=config.to_dict())
     if rank == 0:
-        _write_json(out / "config.json", config.to_dict())
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config.to_dict())
     if resume:
         trainer.resume()
     return trainer
@@ -59,13 +74,34 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
 def ensure_run(config: RunConfig, out, model=None, tokenizer=None, progress: bool = True) -> dict:
     """The metrics of a finished run of `config` in `out`, training it (or resuming it) first if needed."""
     out = Path(out)
+    metrics = finished_metrics(config, out)
+    if metrics is not None:
+        return metrics
+    return train_run(config, out, resume=bool(checkpoint.candidates(out)), progress=progress, model=model,
+                     tokenizer=tokenizer)
+
+
+def finished_metrics(config: RunConfig, out) -> dict | None:
+    """The metrics of a finished run of `config` in `out`, or None when `out` holds no finished run.
+
+    A finished run of another config is an error: choose another folder or delete it."""
+    out = Path(out)
     if (out / "metrics.json").exists() and (out / "config.json").exists():
-        from kit.checkpoint import config_diff
-        if not config_diff(json.loads((out / "config.json").read_text()), config.to_dict()):
+        if not checkpoint.config_diff(json.loads((out / "config.json").read_text()), config.to_dict()):
             return json.loads((out / "metrics.json").read_text())
         raise ValueError(f"{out} holds a finished run of another config: choose another folder or delete it")
-    return train_run(config, out, resume=(out / "checkpoints").exists(), progress=progress, model=model,
-                     tokenizer=tokenizer)
+    return None
+
+
+def start_run(config: RunConfig, out) -> bool:
+    """Make `out` ready for an unfinished run of `config` in one process (a notebook building the run cell by
+    cell): check it, create it and write config.json, as `prepare` does. True when it holds a checkpoint to resume."""
+    out = Path(out)
+    resume = bool(checkpoint.candidates(out))
+    check_run_folder(out, config, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())
+    return resume
 
 
 def train_run(config: RunConfig, out, resume: bool = False, device: str | None = None, progress: bool = True,
@@ -104,17 +140,17 @@ def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool
     if rank != 0:
         return None
     df = sort_samples(pd.concat(frames, ignore_index=True))
-    per_latent, total = topk_retention(df[df.phase == "training"], df[df.phase == "final"])
+    per_latent, total = topk_retention(select(df, "training", None), select(df, "final", None))
     metrics |= {"topk_retention": total, "tokens_seen": trainer.tokens_seen,
                 "padding_share": sum(p * n for p, n in padding) / max(sum(n for _, n in padding), 1),
                 "train_seconds": seconds, "collector": trainer.collector.summary()}
     write_samples(out / "samples.parquet", df, store)
     latent_table(df, per_latent, tc.cfg.d_latent).to_csv(out / "latents.csv", index=False)
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     if report:
-        from kit.interpret import interpret_run
-        from kit.report import write_report
-        write_report(out, *interpret_run(out, store, progress=progress))
+        from kit.interpret.interpretation import interpret_run
+        from kit.report.write import write_report
+        write_report(out, interpret_run(out, store))
     return metrics
 
 
@@ -132,7 +168,7 @@ def write_samples(path: Path, df, store) -> None:
     """samples.parquet, atomically, with the attribution notice of every source it quotes in its metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from kit.corpus import attribution_notice
+    from kit.corpus.attribution import attribution_notice
     sources = sorted(set(df["source"])) if len(df) else []
     try:
         notice = attribution_notice(sources)
@@ -141,27 +177,43 @@ def write_samples(path: Path, df, store) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"attribution": notice.encode(),
                                            b"context_acts_weights": b"final"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def check_run_folder(out: Path, config: RunConfig, resume: bool) -> None:
-    """Refuse to overwrite a run by accident, and to resume a run with other settings."""
+    """Refuse, before anything loads: a folder that cannot be written, overwriting a run by accident, and a
+    resume with no intact checkpoint, with other settings or of a finished run."""
+    base = next(p for p in (out, *out.parents) if p.exists())  # out, or the folder it will be made in
+    if not base.is_dir():
+        raise FileExistsError(f"cannot use {out} as a run folder: {base} is a file; choose another --out")
+    if not os.access(base, os.W_OK):
+        raise PermissionError(f"cannot write the run folder {out}: {base} is not writable; choose another --out")
+    if not resume:
+        if any((out / "checkpoints").glob("step_*")):
+            raise FileExistsError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or "
+                                  "choose another --out")
+        return
+    paths = checkpoint.candidates(out)
+    if not paths:
+        raise FileNotFoundError(f"no checkpoint in {out}; drop --resume to start a new run")
     saved = out / "config.json"
-    if (out / "checkpoints").exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or "
-                              "choose another --out")
-    if resume and saved.exists():
-        from kit.checkpoint import config_diff
-        diff = config_diff(json.loads(saved.read_text()), config.to_dict())
-        if diff:
-            raise ValueError(f"cannot resume {out}: its config.json differs ({'; '.join(diff[:6])}); use the "
-                             "original preset and options")
+    diff = checkpoint.config_diff(json.loads(saved.read_text()), config.to_dict()) if saved.exists() else []
+    if diff:
+        raise ValueError(f"cannot resume {out}: its config.json differs ({'; '.join(diff[:6])}); use the "
+                         "original preset and options")
+    if (out / "metrics.json").exists() and int(paths[0].name.removeprefix("step_")) >= config.train.steps:
+        raise ValueError(f"{out} holds a finished run (step {config.train.steps} of {config.train.steps}): --resume "
+                         f"has nothing to do and changed nothing; to rebuild its report: python -m kit report {out}")
+    damaged = [f"{p.name}: {why}" for p in paths if (why := checkpoint.damage(p)) is not None]
+    if len(damaged) == len(paths):
+        raise checkpoint.DamagedCheckpoint(f"every checkpoint in {out / 'checkpoints'} is damaged "
+                                           f"({'; '.join(damaged)}); move checkpoints/ away to start again")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:  # torch says which device types exist
+        raise ValueError(f"device {device!r} is not a torch device: {err}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here; use --device cpu")

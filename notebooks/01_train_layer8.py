@@ -1,12 +1,7 @@
 # %% [markdown]
 # # 01 · Train a transcoder on layer 8
-# A transcoder learns to replace layer 8's MLP with a wide, sparse dictionary: MLP input in, MLP output out.
-# You will see real activations from the model, the warmup+decay schedule, training curves, the held-out metrics
-# and the top-activating samples that were collected *while* it trained.
-#
-# The `smoke` preset runs in minutes on a laptop CPU with the embedded SmolLM2-135M and a multi-domain corpus
-# (no downloads). On a GPU set `KIT_PRESET=gemma-2-2b-l8` (Gemma-2-2B is gated: accept its licence on the hub
-# and provide `HF_TOKEN` as an environment variable or a Colab secret).
+# Build the store, transcoder, collector and trainer for layer 8's MLP, train with live curves, finish the run.
+# `smoke` runs in minutes on a CPU with the embedded SmolLM2-135M; `gemma-2-2b-l8` needs a GPU and `HF_TOKEN`.
 
 # %% tags=["parameters"]
 import os
@@ -14,32 +9,39 @@ import os
 PRESET = os.environ.get("KIT_PRESET", "smoke")
 
 # %%
+import dataclasses
+import time
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import torch
 from IPython.display import HTML, display
+from tqdm.auto import tqdm
 
-from kit import load_model
+from kit import TopKCollector, Trainer, Transcoder, TranscoderActivationsStore, load_model
+from kit.memory import print_plan
 from kit.presets import get_preset, run_dir
-from kit.run import ensure_run
-from kit.schedule import lr_multiplier, sparsity_multiplier
-from kit.store import TranscoderActivationsStore
-from kit.widgets import setup_plotly, token_highlight
+from kit.run import RUN_FILES, finish, finished_metrics, start_run
+from kit.train.schedule import ScheduleConfig, lr_multiplier, sparsity_multiplier
+from kit.view import setup_plotly, token_highlight
+from kit.view.live import LiveFigure, update_every
 
 setup_plotly()  # figures embed plotly.js, so they still show in a static HTML export
 config = get_preset(PRESET)
 out = run_dir(config.name)
+metrics = finished_metrics(config, out)  # a finished run of this config is reused, not trained again
 print(f"preset {config.name}: model {config.model}, layer {config.layer}, {config.latents.d_latent:,} latents "
-      f"({config.latents.activation}, k={config.latents.k}), {config.train.steps:,} steps -> {out}")
+      f"({config.latents.activation}, k={config.latents.k}), {config.train.steps:,} steps -> {out}"
+      + (" (finished earlier: reusing it)" if metrics else ""))
 
 # %% [markdown]
 # ## 1. Load the model
 # `load_model` returns the transformers model and its tokenizer; the embedded default needs no network.
 
 # %%
-model, tok = load_model(config.model, dtype=getattr(torch, config.model_dtype),
-                        device="cuda" if torch.cuda.is_available() else "cpu")
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model, tok = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
 n_params = sum(p.numel() for p in model.parameters())
 print(f"{type(model).__name__}: {model.config.num_hidden_layers} layers, d_model {model.config.hidden_size}, "
       f"{n_params / 1e6:.0f}M parameters")
@@ -70,7 +72,7 @@ px.histogram(norms, x="value", color="tensor", nbins=80, barmode="overlay", log_
 # The learning rate warms up linearly, then decays (cosine by default) to a floor; the sparsity coefficient warms up too.
 
 # %%
-sched = config.train.schedule
+sched = ScheduleConfig.of(config.train)
 steps = list(range(sched.total_steps))
 fig = go.Figure([go.Scatter(x=steps, y=[sched.lr * lr_multiplier(s, sched) for s in steps], name="learning rate"),
                  go.Scatter(x=steps, y=[sched.lr * sparsity_multiplier(s, sched) for s in steps],
@@ -79,22 +81,53 @@ fig.update_layout(title=f"{sched.n_warmup} warmup steps, {sched.decay} decay to 
                   xaxis_title="step")
 
 # %% [markdown]
-# ## 4. Train
-# `ensure_run` trains (or resumes from the last checkpoint, or loads a finished run), evaluates on held-out
-# contexts, runs the frozen final top-k pass and writes the run folder. `python -m kit train` does the same.
+# ## 4. Build the run
+# The pieces `python -m kit train` builds: a fresh store (so training starts at the stream's first batch), the
+# transcoder, the collector that keeps every latent's top contexts *while* it trains, and the trainer, which writes
+# checkpoints and `history.csv`. `start_run` checks the folder and writes `config.json`; an interrupted run resumes.
 
 # %%
-metrics = ensure_run(config, out, model=model, tokenizer=tok)
-history = pd.read_csv(out / "history.csv")
-pd.Series({k: v for k, v in metrics.items() if isinstance(v, (int, float))}).round(4).to_frame("value")
-
-# %%
-long = history.melt(id_vars="step", value_vars=["fvu", "l0", "dead_frac", "lr"])
-px.line(long, x="step", y="value", facet_row="variable", height=650,
-        title="Training history").update_yaxes(matches=None)
+resume = metrics is None and start_run(config, out)  # True: a checkpoint of this config to continue from
+store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
+torch.manual_seed(config.store.seed)  # the command line's initial weights
+transcoder = Transcoder(dataclasses.replace(config.latents, d_in=store.d_in, d_out=store.d_out)).to(device)
+collector = TopKCollector(transcoder.cfg.d_latent, config.collector, device)
+trainer = Trainer(transcoder, store, config.train, out, collector, config_dict=config.to_dict())
+if resume:
+    trainer.resume()
+print_plan(config, device)
+print(f"transcoder {transcoder.cfg.d_in} -> {transcoder.cfg.d_latent:,} latents -> {transcoder.cfg.d_out}; "
+      f"at step {trainer.step} of {config.train.steps:,}")
 
 # %% [markdown]
-# ## 5. What the collector kept
+# ## 5. Train, watching the curves
+# `trainer.fit(stop_at=...)` is the plain training loop, run here in chunks (each ends with a checkpoint). After
+# each chunk the figure redraws in place from `history.csv`; a saved or exported notebook keeps its final state.
+
+# %%
+live = LiveFigure(out / "history.csv", config.train.steps, title=f"Training {config.name}").show()
+bar = tqdm(total=config.train.steps, initial=config.train.steps if metrics else trainer.step, desc="train")
+start = time.perf_counter()
+while metrics is None and trainer.step < config.train.steps:
+    trainer.fit(stop_at=trainer.step + update_every(config.train), progress=False)
+    live.update()
+    bar.update(trainer.step - bar.n)
+    bar.set_postfix_str(live.status)
+bar.close()
+seconds = time.perf_counter() - start
+
+# %% [markdown]
+# ## 6. Finish the run
+# `finish` is what `python -m kit train` runs after its loop: held-out evaluation (FVU, L0, spliced ΔCE and KL, CE
+# loss recovered), the frozen final top-k pass, then `samples.parquet`, `latents.csv`, `metrics.json` and the report.
+
+# %%
+if metrics is None:
+    metrics = finish(trainer, config, out, seconds, progress=True, report=True)
+pd.Series({k: v for k, v in metrics.items() if isinstance(v, (int, float))}).round(4).to_frame("value")
+
+# %% [markdown]
+# ## 7. What the collector kept
 # During training the collector kept, for every latent, the contexts that activated it most; the final pass
 # re-collected them with frozen weights. Windows are re-scored with the final weights.
 
@@ -118,9 +151,13 @@ for latent in strongest.latent:
 # ## Checks
 
 # %%
+history = pd.read_csv(out / "history.csv")
+missing = [name for name in RUN_FILES if not (out / name).exists()]
+assert not missing, f"the run folder lacks {missing}, which `python -m kit train` writes"
 assert batch.x_in.shape[1] == model.config.hidden_size, "store rows do not have the model's width"
 assert (batch.token_ids != tok.bos_token_id).all(), "a BOS row came out of the store"
 assert 0 <= metrics["fvu"] < 1, f"the transcoder explains no variance (FVU {metrics['fvu']:.3f})"
 assert metrics["ce_loss_recovered"] > 0, "splicing the transcoder is worse than zero-ablating the MLP"
 assert len(history) and history.step.iloc[-1] == config.train.steps, "history.csv does not reach the last step"
+assert list(live.figure.data[0].x)[-1] == config.train.steps, "the training figure stops before the last step"
 assert per_latent.size > 0, "the collector kept no samples"

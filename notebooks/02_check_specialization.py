@@ -12,7 +12,7 @@
 
 # %% [markdown]
 # # 02 · Do latents specialize by domain?
-# For every latent we count where it fires on a labelled, held-out evaluation set (not only its top-k), test that
+# For every latent we count the labelled held-out documents it fires in (not only its top-k), test where they fall
 # against the domains' base rates, and compare with two nulls: shuffled domain labels and a random transcoder.
 # Then we look at text patterns, the logit lens and labels, and write the interpretability report.
 
@@ -27,14 +27,11 @@ import plotly.express as px
 import torch
 
 from kit import load_model
-from kit.analysis import SpecializationConfig, strength_hierarchy
-from kit.figures import domain_heatmap
-from kit.interpret import interpret_run
+from kit.interpret.interpretation import ensure_interpretation
 from kit.presets import get_preset, run_dir
-from kit.report import write_report
+from kit.report.write import write_report
 from kit.run import ensure_run
-from kit.store import TranscoderActivationsStore
-from kit.widgets import setup_plotly
+from kit.view import domain_heatmap, setup_plotly
 
 setup_plotly()
 config = get_preset(PRESET)
@@ -52,15 +49,16 @@ print(f"FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, CE loss recovered {met
 
 # %% [markdown]
 # ## 2. Specialization with both nulls
-# The evaluation set is the store's held-out contexts; each has a domain label. Thresholds are in
-# `SpecializationConfig` (a latent is a specialist when its context-level G-test survives Benjamini–Hochberg at
-# q < 0.01, its top domain holds at least half its firings and at least twice that domain's base rate).
+# The units are the held-out documents, each with a domain label. Thresholds are the run's `analysis` section
+# (`SpecializationConfig`): a latent is a specialist when its document-level G-test survives Benjamini–Hochberg at
+# q < 0.01, its top domain holds at least half the documents it fires in and at least twice that domain's base rate.
+# Training saved this interpretation in the run folder; `ensure_interpretation` loads it (or computes it now, on
+# the held-out documents, with the model already loaded).
 
 # %%
-store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
-spec_config = SpecializationConfig()
-analysis, patterns = interpret_run(out, store, spec_config)
-summary = pd.DataFrame(analysis["summary"]).T
+interp = ensure_interpretation(out, model=model, tokenizer=tok, config=config.analysis)
+summary = interp.summary
+print(f"{interp.eval_documents:,} held-out documents ({interp.eval_tokens:,} scored tokens)")
 summary[["alive", "dead_frac", "specialist_frac", "specialist_frac_alive", "median_top_lift_testable"]].round(3)
 
 # %% [markdown]
@@ -69,37 +67,38 @@ summary[["alive", "dead_frac", "specialist_frac", "specialist_frac_alive", "medi
 # %%
 per_domain = summary[[c for c in summary.columns if c.startswith("specialists_")]].T
 per_domain.index = [c.removeprefix("specialists_") for c in per_domain.index]
-per_domain[["trained", "shuffled", "random"]].astype(int)
+per_domain.astype(int)
 
 # %% [markdown]
 # ## 3. The latent × domain heatmap
-# Firing rate per domain for the specialists with the highest lift (rows), so the diagonal structure is visible.
+# For the specialists with the highest lift (rows): the share of the held-out documents each fires in that come
+# from each domain (a row sums to 100%), so the diagonal structure is visible.
 
 # %%
-table = analysis["latents"]
-specialists = table[table["class"] == "specialist"].sort_values("top_lift", ascending=False)
-shown = specialists.latent.head(30).tolist() or table.sort_values("top_lift", ascending=False).latent.head(30).tolist()
-domain_heatmap(analysis["profile"], shown)
+table = interp.specialization
+lift = interp.column("lift")
+specialists = table[table["category"] == "specialist"].sort_values(lift, ascending=False)
+shown = specialists.latent.head(30).tolist() or table.sort_values(lift, ascending=False).latent.head(30).tolist()
+domain_heatmap(interp.profile, shown)
 
 # %% [markdown]
 # ## 4. Do specialists fire more strongly?
 # Mean activation when firing, specialists against generalists: effect sizes and a Mann–Whitney test.
 
 # %%
-hierarchy = strength_hierarchy(table.rename(columns={"class": "category"}))
-print(analysis["hierarchy"])
-pd.Series(hierarchy).to_frame("value")
+print(interp.hierarchy_sentence)
+pd.Series(interp.hierarchy).to_frame("value")
 
 # %%
-px.box(table[table["class"].isin(["specialist", "generalist"])], x="class", y="mean_act", points=False,
-       title="Mean activation when firing, by class")
+px.box(table[table["category"].isin(["specialist", "generalist"])], x="category", y="mean_act", points=False,
+       title="Mean activation when firing, by category")
 
 # %% [markdown]
 # ## 5. Style can masquerade as topic
 # Headlines (medicine, finance), lowercase chat and Early Modern English differ in *style* as well as topic.
 
 # %%
-print(analysis["caveat"])
+print(interp.caveat)
 
 # %% [markdown]
 # ## 6. Text patterns, logit lens and labels
@@ -107,21 +106,21 @@ print(analysis["caveat"])
 # automatic label made from both (no LLM).
 
 # %%
-lens = patterns["logit_lens"].set_index("latent")
-cards = table.set_index("latent").loc[lens.index[:12], ["class", "top_domain", "label"]]
+lens = interp.lens_lists().set_index("latent")
+cards = table.set_index("latent").loc[lens.index[:12], ["category", "top_domain", "label"]]
 cards["promotes"] = [", ".join(map(repr, p[:5])) for p in lens.promoted[:12]]
-print(patterns["logit_lens_caveat"])
+print(interp.logit_lens_caveat)
 cards
 
 # %%
-pd.Series(patterns["length_stats"]).to_frame("sample windows and evaluation contexts")
+interp.length_stats
 
 # %% [markdown]
 # ## 7. The report
 # `report.md` and a self-contained `report.html` (no scripts, no network) go into the run folder.
 
 # %%
-md_path, html_path = write_report(out, analysis, patterns)
+md_path, html_path = write_report(out, interp)
 print(md_path, html_path, f"{html_path.stat().st_size / 1e3:.0f} kB")
 
 # %% [markdown]
@@ -131,5 +130,5 @@ print(md_path, html_path, f"{html_path.stat().st_size / 1e3:.0f} kB")
 trained, shuffled = summary.loc["trained"], summary.loc["shuffled"]
 assert trained.specialist_frac >= shuffled.specialist_frac, "shuffled labels produced more specialists than real ones"
 assert shuffled.specialist_frac <= 0.01, f"the shuffled null flags {shuffled.specialist_frac:.1%} of latents"
-assert set(table["class"]) <= {"specialist", "generalist", "dead", "dense"}, "unknown latent class"
+assert set(table["category"]) <= {"specialist", "generalist", "dead", "dense"}, "unknown latent category"
 assert html_path.exists() and "<script" not in html_path.read_text(), "report.html missing or not script-free"

@@ -25,11 +25,12 @@ PRESET = os.environ.get("KIT_PRESET", "smoke")
 import pandas as pd
 from IPython.display import HTML
 
-from kit.figures import activation_histogram, domain_heatmap, domain_profile_bar
-from kit.interpret import interpret_run, load_interpretation
+from kit.collect.samples import latent_summary, strongest
+from kit.interpret.interpretation import ensure_interpretation
 from kit.presets import get_preset, run_dir
 from kit.run import ensure_run
-from kit.widgets import explorer, sample_card, setup_plotly, token_highlight
+from kit.view import (activation_histogram, domain_heatmap, domain_profile_bar, explorer, sample_card, setup_plotly,
+                      token_highlight)
 
 setup_plotly()
 config = get_preset(PRESET)
@@ -41,49 +42,48 @@ out = run_dir(config.name)
 
 # %%
 metrics = ensure_run(config, out)
-analysis, patterns = load_interpretation(out)
-if analysis is None:
-    from kit import TranscoderActivationsStore, load_model
-    model, tok = load_model(config.model)
-    store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
-    analysis, patterns = interpret_run(out, store)
+interp = ensure_interpretation(out)
 samples = pd.read_parquet(out / "samples.parquet")
-print(f"{samples.latent.nunique():,} latents with samples, {len(samples):,} sample rows")
+print(f"{samples.latent.nunique():,} latents with samples, {len(samples):,} sample rows, phases "
+      f"{sorted(samples.phase.unique())}")
 
 # %% [markdown]
 # ## 2. The explorer
-# Controls: latent, sort (max, mean, specialization), domain filter, number of samples.
+# Controls: latent, sort (max or mean activation, or specialization: lift, q, top share), domain filter (latents
+# that fire in that domain's held-out documents), phase ('final': the final weights over the training tokens,
+# 'training', 'heldout': held-out documents), number of samples.
 
 # %%
-ex = explorer(samples, latents=analysis["latents"], profile=analysis["profile"], logit_lens=patterns["logit_lens"])
+ex = explorer(samples, interp)
 ex
 
 # %% [markdown]
 # ## 3. One latent in detail
-# The most specialized latent with samples: its card, activation histogram and domain profile.
+# The most specialized latent with samples: its card (with its strongest held-out samples), activation histogram
+# and the share of the held-out documents it fires in per domain.
 
 # %%
-table = analysis["latents"]
-ranked = table[table.latent.isin(samples.latent.unique())].sort_values(["class", "top_lift"], ascending=[False, False])
-latent = int(ranked[ranked["class"] == "specialist"].latent.iloc[0] if (ranked["class"] == "specialist").any()
-             else ranked.latent.iloc[0])
-HTML(sample_card(samples[samples.latent == latent], label=patterns["labels"].get(latent),
-                 profile=analysis["profile"], logit_lens=patterns["logit_lens"].set_index("latent").loc[[latent]]
-                 if latent in set(patterns["logit_lens"].latent) else None))
+table = interp.specialization
+ranked = table[table.latent.isin(samples.latent.unique())].sort_values(interp.column("lift"), ascending=False)
+specialists = ranked[ranked["category"] == "specialist"]
+latent = int((specialists if len(specialists) else ranked).latent.iloc[0])
+HTML(sample_card(samples[samples.latent == latent], label=interp.labels.get(latent), profile=interp.profile,
+                 logit_lens=interp.lens_of(latent)))
 
 # %%
 activation_histogram(samples, latent)
 
 # %%
-domain_profile_bar(analysis["profile"], latent)
+domain_profile_bar(interp.profile, latent)
 
 # %% [markdown]
 # ## 4. Latents × domains
-# Share of firing per domain for the 25 latents with the highest maximum activation.
+# For the 25 strongest latents (largest activation among their final-pass top samples): the share of the held-out
+# documents each fires in that come from each domain.
 
 # %%
-strongest = samples[samples.kind == "top"].groupby("latent").activation.max().nlargest(25).index.tolist()
-domain_heatmap(analysis["profile"], strongest)
+top25 = strongest(latent_summary(samples, "final"), 25)
+domain_heatmap(interp.profile, top25)
 
 # %% [markdown]
 # ## Checks
@@ -93,5 +93,6 @@ ex.latent.value = latent
 ex.n.value = 2
 html = ex.render()
 assert f"latent {latent}" in html.lower() or str(latent) in html, "the explorer does not show the chosen latent"
+assert "held-out documents a latent fires in" in html, "the card's bars say what they are shares of"
 assert "<script>alert" not in token_highlight(["<script>alert(1)</script>"], [1.0]).html, "tokens are not escaped"
 assert len(ex.order()) > 0, "the explorer offers no latents"

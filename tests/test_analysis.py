@@ -6,10 +6,12 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from kit.analysis import (DocumentStats, SpecializationConfig, bh_adjust, document_stats, domain_profile, g_test,
-                          hierarchy_sentence, latent_table, profile_table, random_transcoder,
+from kit.config import SpecializationConfig
+from kit.interpret.analysis import (DocumentStats, bh_adjust, document_stats, domain_profile, g_test,
+                                    hierarchy_sentence, latent_table, profile_table, random_transcoder,
                           specialization_from_stats, specialization_with_nulls, strength_hierarchy, style_caveat)
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 
 NAMES = ("code", "medicine", "legal", "news")
 
@@ -243,7 +245,7 @@ def test_random_null_is_not_the_runs_initialisation():
 
 @pytest.fixture(scope="module")
 def real_store(embedded):
-    from kit.store import TranscoderActivationsStore
+    from kit.lm.store import TranscoderActivationsStore
     model, tok = embedded
     return TranscoderActivationsStore(model, "embedded", 8, tokenizer=tok, ctx_len=64, holdout_contexts=12,
                                       batch_size=64, refill_contexts=8, shuffle_contexts=16)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fake_run import SCRIPT, write_run
-from kit.report import write_report
+from kit.report.write import write_report
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"

@@ -11,8 +11,12 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load, save
 
-from kit.collector import CollectorConfig, TopKCollector, merge_distributed, topk_retention, window_slices
-from kit.intervals import _M32, _mul32, context_key, desc_value
+from kit.collect.collector import TopKCollector
+from kit.collect.merge import merge_distributed
+from kit.collect.samples import topk_retention, window_slices
+
+from kit.config import CollectorConfig
+from kit.collect.intervals import _M32, _mul32, context_key, desc_value
 
 N_CTX, CTX_LEN, L = 40, 16, 24
 

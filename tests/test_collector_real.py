@@ -3,10 +3,13 @@ import heapq
 
 import torch
 
-from kit.collector import CollectorConfig, TopKCollector
+from kit.collect.collector import TopKCollector
+
+from kit.config import CollectorConfig
 from kit.presets import SMOKE
-from kit.store import TranscoderActivationsStore
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.lm.store import TranscoderActivationsStore
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 
 
 def test_collector_equals_brute_force_on_real_text(embedded):

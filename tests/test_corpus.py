@@ -10,8 +10,9 @@ from itertools import chain
 import numpy as np
 import pytest
 
-from kit import corpus
-from kit.corpus_sources import SOURCES, locate, near_duplicates
+from kit.corpus import attribution
+from kit.corpus import embedded as corpus
+from kit.corpus.sources import SOURCES, locate, near_duplicates
 
 REQUIRED = {"code", "math_science", "medicine", "finance", "legal", "news", "fiction",
             "politics", "conversation", "encyclopedic"}
@@ -81,7 +82,7 @@ def test_doc_id_and_chunk_start_point_into_the_document(chunks, docs, tok):
 
 def test_cut_matches_a_brute_force_cut():
     docs, sep, size = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]], [0], 3
-    rows, doc, start, n = corpus._cut(docs, sep, size)
+    rows, doc, start, n = corpus.cut_rows(docs, sep, size)
     stream, owner, offset = [], [], []
     for i, ids in enumerate(docs):
         own = ids + (sep if i < len(docs) - 1 else [])
@@ -138,12 +139,12 @@ def test_chunks_per_domain_is_honoured_and_checked(tok):
 
 
 def test_attribution_names_every_source_and_the_licences(chunks):
-    notice = corpus.attribution_notice(set(chunks["source"]))
+    notice = attribution.attribution_notice(set(chunks["source"]))
     assert "Wikipedia" in notice and "CC BY-SA" in notice and "CC BY 4.0" in notice
-    assert len(notice.splitlines()) == 1 + len(corpus.ATTRIBUTION)
-    assert corpus.attribution_notice("gensim") == corpus.attribution_notice(["gensim==4.4.0 x"])
+    assert len(notice.splitlines()) == 1 + len(attribution.ATTRIBUTION)
+    assert attribution.attribution_notice("gensim") == attribution.attribution_notice(["gensim==4.4.0 x"])
     with pytest.raises(ValueError, match="no attribution is known"):
-        corpus.attribution_notice(["nonesuch==1.0 data.txt"])
+        attribution.attribution_notice(["nonesuch==1.0 data.txt"])
 
 
 def test_missing_package_says_how_to_install(monkeypatch):

@@ -4,8 +4,8 @@ import json
 import datasets
 import pytest
 
-from kit.data import open_source
-from kit.packing import iter_contexts, real_mask, stack_tokens
+from kit.corpus.records import open_source
+from kit.corpus.packing import iter_contexts, real_mask, stack_tokens
 
 DOCS = [{"text": "The quick brown fox jumps over the lazy dog. " * 30, "meta": {"kind": "fable"}},
         {"text": "Insulin regulates blood glucose in patients with diabetes. " * 20, "meta": {"kind": "medicine"}}]

@@ -17,9 +17,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kit.distributed import DesyncError
-from kit.synthetic import PlantedDictionaryStore
-from kit.trainer import Trainer, TrainConfig
-from kit.transcoder import Transcoder, TranscoderConfig
+from synthetic import PlantedDictionaryStore
+from kit.train.trainer import Trainer
+from kit.config import TrainConfig
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
+
+pytestmark = pytest.mark.slow  # two spawned gloo ranks
 
 WORLD, BATCH, STEPS = 2, 64, 6
 

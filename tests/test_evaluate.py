@@ -8,11 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kit import distributed
-from kit.evaluate import evaluate, final_hidden, fvu, splice_losses, unembed
-from kit.hooks import get_module, hook_points
+from kit.interpret.evaluate import evaluate, splice_losses, unembed
+from kit.lm.access import final_hidden
+from kit.model.loss import fvu
+from kit.lm.hooks import get_module, hook_points
 from kit.memory import eval_peak_bytes, shape_from_config
-from kit.store import TranscoderActivationsStore
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.lm.store import TranscoderActivationsStore
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 
 
 def test_fvu_of_mean_predictor_is_one_and_perfect_is_zero():
@@ -32,9 +35,9 @@ def store(embedded, stdlib_texts):
 
 def test_exact_replacement_gives_zero_delta_ce(store):
     """Replacing the MLP output by the MLP's own output changes nothing: ΔCE = 0 and KL = 0."""
-    mlp = store.model.model.layers[8].mlp
+    mlp = copy.deepcopy(store.model.model.layers[8].mlp)  # a copy: the traced module cannot run inside its own trace
     tokens, mask = store.tokens_for_contexts(store.holdout_indices)
-    out = splice_losses(store.model, store.hooks, tokens, mask, {"clean": None, "exact": mlp.forward})  # no hooks
+    out = splice_losses(store.model, store.hooks, tokens, mask, {"clean": None, "exact": mlp.forward})
     assert out["exact"]["ce"] == pytest.approx(out["clean"]["ce"], abs=1e-5)
     assert out["exact"]["kl"] == pytest.approx(0.0, abs=1e-6)
 
@@ -111,7 +114,7 @@ class TinyStore:
                    get_module(self.model, self.hooks.out_path).register_forward_hook(
                        lambda m, args, out: seen.update(y=out))]
         try:
-            final_hidden(self.model, self.tokens[idx])
+            final_hidden(self.model, self.hooks, self.tokens[idx])
         finally:
             for h in handles:
                 h.remove()
@@ -129,7 +132,8 @@ def test_final_hidden_and_unembed_give_the_models_own_logits(family):
     ids = torch.randint(0, 97, (2, 9))
     with torch.no_grad():
         model.config.final_logit_softcapping = 0.5 if family == "gemma2" else None  # make the softcap bite
-        torch.testing.assert_close(unembed(model, final_hidden(model, ids)), model(ids).logits.float())
+        hidden = final_hidden(model, hook_points(model, 1), ids)
+        torch.testing.assert_close(unembed(model, hidden), model(ids).logits.float())
 
 
 def test_predictions_at_or_of_bos_and_padding_are_not_scored():

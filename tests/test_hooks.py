@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from nnsight import NNsight
 
-from kit.hooks import hook_points
-from kit.store import trace_activations
+from kit.lm.hooks import hook_points
+from kit.lm.access import read_activations as trace_activations
 
 LAYER = 1
 
@@ -102,7 +102,7 @@ def test_gemma_input_is_norm_output_without_gain():
     handle.remove()
     gain = 1 + ln.weight.detach()
     assert gain.abs().min() > 0.05, "the check divides by the gain; it must not be near zero"
-    # DESIGN.md's definition: pre_feedforward_layernorm.output / (1 + weight).
+    # docs/design.md's definition: pre_feedforward_layernorm.output / (1 + weight).
     torch.testing.assert_close(x, got["out"] / (1 + ln.weight), rtol=1e-4, atol=1e-5)
 
 

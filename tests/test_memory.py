@@ -43,15 +43,15 @@ def test_print_plan_prints_and_returns_the_plan(capsys):
 
 
 def test_cli_dry_run_prints_the_plan_and_loads_nothing(capsys, monkeypatch):
-    import kit.data
-    import kit.models
+    import kit.corpus.records
+    import kit.lm.models
     from kit.cli import main
 
     def refuse(*args, **kwargs):
         raise AssertionError("--dry-run must not load a model or a dataset")
 
-    monkeypatch.setattr(kit.models, "load_model", refuse)
-    monkeypatch.setattr(kit.data, "open_source", refuse)
+    monkeypatch.setattr(kit.lm.models, "load_model", refuse)
+    monkeypatch.setattr(kit.corpus.records, "open_source", refuse)
     main(["train", "--preset", "gemma-2-2b-l8", "--dry-run", "--device-gib", "80"])
     out = capsys.readouterr().out
     assert out.strip() == memory_plan(GEMMA_2_2B_L8, 80 * GiB).format()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kit import models
+from kit.lm import models
 
 
 def test_embedded_is_the_real_pretrained_model(embedded):

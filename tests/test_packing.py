@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from kit.data import iter_documents, open_source
-from kit.packing import Packer, iter_contexts, padding_share
-from kit.pile_like import pile_like_records
+from kit.corpus.records import iter_documents, open_source
+from kit.corpus.packing import Packer, iter_contexts, padding_share
+from kit.corpus.pile_like import pile_like_records
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_a_piece_too_short_to_pack_starts_a_new_context(embedded):
 
 
 def test_local_pile_like_jsonl_reads_nested_domains(tmp_path, embedded):
-    from kit.pile_like import write_pile_like
+    from kit.corpus.pile_like import write_pile_like
     _, tok = embedded
     path = write_pile_like(tmp_path / "pile.jsonl", n_docs=20)
     ctxs = list(iter_contexts(open_source(str(path), domain_field="meta.pile_set_name"), tok, 128,

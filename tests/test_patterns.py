@@ -8,9 +8,10 @@ import pytest
 import torch
 import transformers
 
-from kit.patterns import (direct_logits, latent_labels, length_stats, logit_lens, logit_lens_caveat, top_rows,
+from kit.interpret.patterns import (direct_logits, latent_labels, length_stats, logit_lens, logit_lens_caveat, top_rows,
                           top_tokens)
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 
 
 class IdTokenizer:

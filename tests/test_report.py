@@ -1,7 +1,7 @@
 """write_report on a synthetic run folder: sections, escaping, self-containment, optional inputs, fallbacks."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import re
 
 import numpy as np
@@ -9,37 +9,23 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fake_run import ATTRIBUTION, SCRIPT, write_interpretation, write_run
-from kit.interpret import load_interpretation
-from kit.report import EVAL_CAPTION, fmt, load_run, top_samples_caption, write_report
-from kit.report_html import svg_line
-from kit.report_md import md
-from kit.widgets import esc
+from fake_run import ATTRIBUTION, make_interpretation, write_interpretation, write_run
+from kit.collect.samples import select
+from kit.interpret.interpretation import Interpretation
+from kit.report.data import EVAL_CAPTION, fmt, load_run, top_samples_caption
+from kit.report.write import write_report
+from kit.report.html import svg_line
+from kit.report.markdown import md
+from kit.view.widgets import esc
 
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
-
-
-def analysis() -> dict:
-    latents = pd.DataFrame({"latent": [0, 1, 2], "class": ["specialist", "generalist", "specialist"],
-                            "top_domain": ["code", "<b>legal</b>", "medicine"], "top_share": [1, 0.5, 1],
-                            "top_lift": [4.0, 2.0, 4.0], "q_value": [0.01, 0.5, 0.02],
-                            "label": [f"code {SCRIPT}", "", "medicine"]})
-    return {"latents": latents, "caveat": "Style <i>domains</i> may split by format.",
-            "summary": {"trained": {"specialists": 2, "share": 0.5}, "shuffled": {"specialists": 0, "share": 0.0},
-                        "random": {"specialists": 1, "share": 0.1}},
-            "hierarchy": {"code": 3, "legal": 1}}
-
-
-def patterns() -> dict:
-    return {"top_words": pd.DataFrame({"latent": [2, 2], "word": [SCRIPT, " the"], "count": [3, 2]}),
-            "length_stats": {"mean_length": 3.2},
-            "logit_lens": pd.DataFrame({"latent": [2], "promoted": [[" dose", SCRIPT]], "suppressed": [["\n"]]})}
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     folder = write_run(tmp_path_factory.mktemp("run"))
-    md_path, html_path = write_report(folder, analysis(), patterns(), n_cards=4)
+    interp = dataclasses.replace(make_interpretation(), caveat="Style <i>domains</i> may split by format.")
+    md_path, html_path = write_report(folder, interp, n_cards=4)
     return md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
 
 
@@ -54,8 +40,13 @@ def test_report_files_and_sections(full):
     assert html.count('class="kit-card"') == 4 and text_md.count("\n### Latent ") == 4, "n_cards cards"
     assert re.findall(r"### Latent (\d+)", text_md) == ["5", "4", "3", "2"], "strongest latents first"
     assert "<polyline" in html and "lr over steps" in html, "the schedule is drawn"
-    assert "latents with samples</td><td class=num>6<" in html and "| total top samples | 24 |" in text_md
-    assert "Latent 2 — medicine" in html and "logit lens, promoted" in html
+    assert "latents with samples</td><td class=num>6<" in html and "| total top samples (final pass) | 24 |" in text_md
+    assert "| held-out top samples | 24 |" in text_md, "the held-out phase is counted apart"
+    assert f"Latent 2 — dose {ESCAPED}" in html and "logit lens, promoted" in html
+    assert "top activations on held-out documents" in html and "- held-out, 2.4 (medicine)" in text_md
+    for title in ("Against the nulls", "Most specialized latents", "Base rates", "Hierarchy", "Logit lens"):
+        assert title in html and title in text_md, f"{title} missing"
+    assert "<th>document_q</th>" in html and "<th>top_lift</th>" not in html, "the analysis names, not renamed"
 
 
 def test_report_escapes_every_data_string(full):
@@ -114,19 +105,18 @@ def test_helpers():
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory):
     folder = write_interpretation(write_run(tmp_path_factory.mktemp("interpreted")))
-    analysis, patterns = load_interpretation(folder)
-    md_path, html_path = write_report(folder, analysis, patterns, n_cards=4)
-    return folder, analysis, md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    interp = Interpretation.load(folder)
+    md_path, html_path = write_report(folder, interp, n_cards=4)
+    return folder, interp, md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
 
 
 def test_domain_shares_sum_to_one_under_true_captions(interpreted):
-    folder, analysis, text_md, html = interpreted
-    run = load_run(folder, n_cards=4, eval_profile=analysis["profile"])
+    folder, interp, text_md, html = interpreted
+    run = load_run(folder, n_cards=4, eval_profile=interp.profile)
     for prof in (run.profile, run.eval_profile):
         np.testing.assert_allclose(prof.groupby("latent")["share"].sum(), 1.0, atol=1e-6)
     # "top samples": the shares are recounted from the displayed phase's top samples
-    samples = pd.read_parquet(folder / "samples.parquet")
-    top = samples[(samples["kind"] == "top") & (samples["phase"] == run.phase)]
+    top = select(pd.read_parquet(folder / "samples.parquet"), run.phase, "top")
     recount = (top.groupby(["latent", "domain"]).size() / top.groupby("latent").size()).sort_index()
     got = run.profile.set_index(["latent", "domain"])["share"].sort_index()
     np.testing.assert_allclose(got.to_numpy(), recount.to_numpy())
@@ -136,26 +126,23 @@ def test_domain_shares_sum_to_one_under_true_captions(interpreted):
     np.testing.assert_allclose(prof["share"], prof["documents"] / prof.groupby("latent")["documents"].transform("sum"))
     assert prof.loc[(prof["latent"] == 2) & (prof["domain"] == "medicine"), "share"].item() == 1.0
     caption = top_samples_caption(run)
-    assert "top samples (final pass)" in caption and "not a firing rate" in caption
+    assert run.phase == "final" and "top samples (final pass)" in caption and "not a firing rate" in caption
     for text, escape in ((html, esc), (text_md, md)):
         assert escape(caption) in text and escape(EVAL_CAPTION) in text
         assert "Share of each latent's top samples per domain." not in text  # the old caption, over firing rates
-    assert html.count("held-out documents it fires in, share per domain") == 4, "every card has held-out bars"
+    assert html.count("share of the held-out documents a latent fires in, per domain") == 4, "held-out bars"
+    assert html.count("share of its 4 top samples (final pass), per domain") == 4, "top-sample bars say so"
     for line in re.findall(r"Domains of the held-out documents it fires in: (.*)", text_md):
         shown = [float(v) for v in re.findall(r"(\d+\.\d)%", line)]
         assert abs(sum(shown) - 100) <= 0.05 * len(shown) + 1e-9, line
 
 
-def test_interpretation_columns_summary_and_stale_folders(interpreted, tmp_path):
-    folder, analysis, text_md, _ = interpreted
-    table = analysis["latents"]
-    assert {"class", "top_share", "top_lift", "q_value", "n_documents", "document_top_base", "label"} <= set(table)
-    assert table.set_index("latent").loc[2, "class"] == "specialist"
-    assert {"specialist_frac", "specialist_frac_alive", "generalist_frac_alive"} <= set(analysis["summary"]["trained"])
-    assert "Units are held-out documents" in text_md
+def test_report_reads_the_interpretation_columns(interpreted):
+    folder, interp, text_md, html = interpreted
+    assert "Units are held-out documents" in text_md and "document\\_top\\_share" in text_md
+    assert "Most specialized latents" in html and "<td>specialist</td>" in html
     with pytest.raises(ValueError, match="sum to 1"):
-        load_run(folder, eval_profile=analysis["profile"].assign(share=analysis["profile"]["rate"]))
-    spec = json.loads((folder / "specialization.json").read_text())
-    old = write_run(tmp_path / "old")
-    (old / "specialization.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "version"}))
-    assert load_interpretation(old) == (None, None), "an interpretation with contexts as units is redone"
+        load_run(folder, eval_profile=interp.profile.assign(share=interp.profile["rate"]))
+    token = dataclasses.replace(interp, config=dataclasses.replace(interp.config, level="token"))
+    md_path, _ = write_report(folder, token, n_cards=1)
+    assert "Units are firing tokens" in md_path.read_text() and "token\\_q" in md_path.read_text()

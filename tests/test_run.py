@@ -46,14 +46,14 @@ def test_run_folder_layout_and_samples(tmp_path, embedded):
     metrics = train_run(TINY, tmp_path, progress=False, model=model, tokenizer=tok)
     for name in ("config.json", "transcoder/config.json", "transcoder/model.safetensors", "history.csv",
                  "samples.parquet", "latents.csv", "metrics.json", "report.md", "report.html",
-                 "specialization.csv"):
+                 "interpretation/specialization.csv"):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "metrics.json").read_text())["fvu"] == pytest.approx(metrics["fvu"])
     df = pd.read_parquet(tmp_path / "samples.parquet")
     assert set(df.phase) == {"training", "final", "heldout"} and set(df.kind) <= {"top", "interval"}
     held = set(df[df.phase == "heldout"].context_index)
     assert held and held <= set(range(TINY.store.holdout_contexts)), "the held-out phase reads held-out contexts"
-    from kit.store import TranscoderActivationsStore
+    from kit.lm.store import TranscoderActivationsStore
     store = TranscoderActivationsStore(model, "embedded", 8, tokenizer=tok, config=TINY.store)
     for r in df.sample(20, random_state=0).itertuples():  # the window holds the collected token, re-scored
         ctx = store.context_at(r.context_index)
@@ -83,9 +83,6 @@ def test_torchrun_two_gloo_ranks(tmp_path, embedded):
            *[a for s in TINY_ARGS for a in ("--set", s)]]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    from kit.store import TranscoderActivationsStore
-    model, tok = embedded
-    store = TranscoderActivationsStore(model, "embedded", 8, tokenizer=tok, config=TINY.store)
     h = TINY.store.holdout_contexts
     train = set(pd.read_parquet(tmp_path / "samples.parquet").query("phase == 'training'").context_index)
     assert {(i - h) % 2 for i in train} == {0, 1}, "the merged collector must hold samples from both ranks"

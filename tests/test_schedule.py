@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kit.schedule import ScheduleConfig, lr_multiplier, make_scheduler, sparsity_multiplier
+from kit.train.schedule import ScheduleConfig, lr_multiplier, make_scheduler, sparsity_multiplier
 
 
 @pytest.mark.parametrize("decay", ["linear", "cosine", "constant"])

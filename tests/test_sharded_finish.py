@@ -4,16 +4,22 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import torch.distributed as dist
 
-from kit.collector import CollectorConfig, merge_distributed
+from kit.collect.merge import merge_distributed
+
+from kit.config import CollectorConfig
 from kit.distributed import gather_objects
 from kit.run import sort_samples
-from kit.samples import InputCache, final_pass, samples_frame
-from kit.store import TranscoderActivationsStore
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.collect.final_pass import InputCache, final_pass, samples_frame
+from kit.lm.store import TranscoderActivationsStore
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 from test_distributed import spawn
+
+pytestmark = pytest.mark.slow  # two spawned gloo ranks
 
 STORE = dict(ctx_len=32, batch_size=96, refill_contexts=6, shuffle_contexts=64, holdout_contexts=6,
              holdout_share=0.3, lm_batch=4, domain_field="dom")
@@ -41,7 +47,7 @@ def _pools(store):
 
 
 def _finish(rank: int, run_dir: Path, world: int):
-    from kit.models import load_model
+    from kit.lm.models import load_model
     model, tok = load_model("embedded")
     store = TranscoderActivationsStore(model, _texts(), 8, tokenizer=tok, shard=(rank, world), **STORE)
     torch.manual_seed(0)

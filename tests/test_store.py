@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from kit.store import StoreConfig, TranscoderActivationsStore
+from kit.lm.store import TranscoderActivationsStore
+
+from kit.config import StoreConfig
 
 OPTS = dict(ctx_len=64, batch_size=256, refill_contexts=16, shuffle_contexts=4096, holdout_contexts=4,
             holdout_share=0.25, domain_field="dom")

@@ -3,9 +3,12 @@ import collections
 
 import pytest
 
-from kit import corpus, topics
-from kit.corpus_sources import SOURCES, general_news
-from kit.data import iter_documents, open_source
+import kit.corpus as corpus
+from kit.corpus.attribution import attribution_notice
+
+from kit.corpus import topics
+from kit.corpus.sources import SOURCES, general_news
+from kit.corpus.records import iter_documents, open_source
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_topic_set_is_deterministic_and_shuffled(topic_set):
 
 def test_topic_set_is_cleaned_and_attributed(topic_set):
     assert not any("http" in t or "www." in t or '"?' in t for t in topic_set["text"])
-    notice = corpus.attribution_notice(set(topic_set["source"]))
+    notice = attribution_notice(set(topic_set["source"]))
     assert "News Articles" in notice and "Harvard Dataverse" in notice
 
 

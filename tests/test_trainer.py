@@ -4,9 +4,11 @@ import csv
 import pytest
 import torch
 
-from kit.synthetic import PlantedDictionaryStore
-from kit.trainer import Trainer, TrainConfig
-from kit.transcoder import Transcoder, TranscoderConfig
+from synthetic import PlantedDictionaryStore
+from kit.train.trainer import Trainer
+from kit.config import TrainConfig
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 
 
 def make(run_dir=None, activation="topk", steps=30, seed=0, **train):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kit.loss import auxk_loss, l1_penalty, mse_loss
-from kit.transcoder import Transcoder, TranscoderConfig
+from kit.model.loss import auxk_loss, l1_penalty, mse_loss
+from kit.model.transcoder import Transcoder
+from kit.config import TranscoderConfig
 
 D_IN, D_OUT, L, K, B = 12, 10, 40, 4, 16
 K_BY_ACT = {"relu": None, "jumprelu": None, "topk": K, "batchtopk": K}
@@ -311,8 +312,8 @@ def test_auxk_is_zero_without_dead_latents():
 
 
 def test_fused_topk_backward_matches_dense_autograd():
-    """The sparse backward of kit.topk_encoder gives the gradients plain autograd through topk gives."""
-    from kit.topk_encoder import TopKEncode
+    """The sparse backward of kit.model.topk_encoder gives the gradients plain autograd through topk gives."""
+    from kit.model.topk_encoder import TopKEncode
     torch.manual_seed(3)
     x = torch.randn(64, 12, requires_grad=True)
     W = torch.randn(12, 40, requires_grad=True)

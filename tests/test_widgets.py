@@ -12,10 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fake_run import DOMAINS, SCRIPT, make_samples
-from kit import explorer as explorer_module
-from kit import widgets
-from kit.widgets import act_colour, as_profile, domain_profile, sample_card, token_highlight, visible_token
+from fake_run import DOMAINS, SCRIPT, make_interpretation, make_samples
+from kit import view
+from kit.collect.samples import select
+from kit.view import latent_explorer as explorer_module
+from kit.view.widgets import (act_colour, as_profile, domain_profile, profile_caption, sample_card, token_highlight,
+                              visible_token)
+
 
 class DisplayHandle:
     """Stands in for IPython's: `update` records what the live notebook would show."""
@@ -63,6 +66,11 @@ def spans_of(html: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def samples() -> pd.DataFrame:
     return make_samples()
+
+
+@pytest.fixture(scope="module")
+def interp():
+    return make_interpretation()
 
 
 def check_escaped(html: str) -> None:
@@ -116,12 +124,27 @@ def test_card_sections_and_escaping(samples):
     html = sample_card(rows, label=f"label {SCRIPT}", logit_lens=lens, n_top=3, per_interval=1)
     check_escaped(html)
     assert "Latent 2 — label" in html and "max 3 · mean 2.55 · 4 top samples (final pass)" in html
-    assert html.count('class="kit-tokens"') == 3 + 3, "3 top samples and one per interval bin"
+    assert html.count('class="kit-tokens"') == 3 + 3 + 2, "3 top samples, one per interval bin, 2 held-out"
     bins = [int(b) for b in re.findall(r"interval bin (\d+)", html)]
     assert bins == [2, 1, 0], "highest bin first"
+    assert "top activations on held-out documents" in html and "act 2.4 · medicine" in html
     assert "top-k retention 50%" in html, "2 of the 4 training top contexts (ranks 0, 2) are final top contexts"
     assert "logit lens, promoted" in html and "&lt;script&gt;</code>" in html and "⏎</code>" in html
     assert 'class="kit-profile"' in html and "100%" in html
+    assert "share of its 4 top samples (final pass), per domain" in html, "the bars say what they count"
+    held = sample_card(rows, phase="heldout", n_top=1)
+    assert "4 top samples (heldout pass)" in held and "max 2.4" in held and "on held-out documents" not in held
+
+
+def test_card_bars_name_the_profile_they_show(samples, interp):
+    rows = samples[samples.latent == 2]
+    html = sample_card(rows, profile=interp.profile)
+    assert "share of the held-out documents a latent fires in, per domain" in html and "top samples), per" not in html
+    assert "medicine</span>" in html and ">100%<" in html
+    assert "domain shares" in sample_card(rows, profile={"code": 1.0})
+    assert "share of 9 pages" in sample_card(rows, profile={"code": 1.0}, profile_title="share of 9 pages")
+    assert profile_caption(domain_profile(samples)) == "share of a latent's top samples, per domain"
+    assert profile_caption(interp.profile) == "share of the held-out documents a latent fires in, per domain"
 
 
 def test_card_domain_filter_and_errors(samples):
@@ -137,7 +160,7 @@ def test_card_domain_filter_and_errors(samples):
 def test_domain_profile_shares(samples):
     prof = domain_profile(samples)
     assert prof.groupby("latent")["share"].sum().round(12).eq(1).all()
-    final_top = samples[(samples.phase == "final") & (samples.kind == "top")]
+    final_top = select(samples, "final", "top")
     assert (prof.groupby("latent")["count"].sum() == final_top.groupby("latent").size()).all()
     wide = prof.pivot_table(index="latent", columns="domain", values="count", fill_value=0)
     back = as_profile(wide)
@@ -146,9 +169,9 @@ def test_domain_profile_shares(samples):
 
 
 def test_explorer_controls_drive_the_html(samples):
-    latents = pd.DataFrame({"latent": range(6), "top_lift": [1, 2, 6, 3, 4, 5.0],
+    latents = pd.DataFrame({"latent": range(6), "document_lift": [1, 2, 6, 3, 4, 5.0],
                             "label": ["", "", f"label {SCRIPT}", "", "", ""]})
-    ex = widgets.explorer(samples, latents)
+    ex = view.explorer(samples, latents=latents)
     assert ex.latent.value == 5 and [v for _, v in ex.latent.options] == [5, 4, 3, 2, 1, 0], "max first"
     assert list(ex.sort.options) == ["max", "mean", "specialization"]
     ex.sort.value = "specialization"
@@ -157,7 +180,7 @@ def test_explorer_controls_drive_the_html(samples):
     check_escaped(ex.render())
     assert "Latent 2 — label" in ex.render() and "sorted by specialization" in ex.render()
     ex.n.value = 2
-    assert ex.render().count("act 3 · medicine") == 1 and ex.render().count('class="kit-tokens"') == 2 + 3
+    assert ex.render().count("act 3 · medicine") == 1 and ex.render().count('class="kit-tokens"') == 2 + 3 + 2
     ex.domain.value = "code"
     assert 2 not in [v for _, v in ex.latent.options] and ex.latent.value == 4, "latent 2 has no code sample"
     assert "domain code" in ex.render() and "top activations in code" in ex.render()
@@ -166,8 +189,28 @@ def test_explorer_controls_drive_the_html(samples):
     assert ex.latent.value == 3 and "&lt;b&gt;legal&lt;/b&gt;" in ex.render()
 
 
+def test_explorer_reads_an_interpretation_and_switches_phase(samples, interp):
+    ex = view.explorer(samples, interp)
+    assert list(ex.sort.options) == ["max", "mean", "specialization", "q_value", "top_share"]
+    ex.sort.value = "q_value"
+    assert [v for _, v in ex.latent.options][0] == 2, "latent 2 is the medicine specialist, lowest document_q"
+    ex.latent.value = 2
+    html = ex.render()
+    assert f"Latent 2 — dose {ESCAPED}" in html and "logit lens, promoted" in html
+    assert "share of the held-out documents a latent fires in, per domain" in html
+    ex.domain.value = "code"
+    assert 2 not in [v for _, v in ex.latent.options], "the domain filter reads the held-out profile"
+    assert list(ex.phase_control.options) == ["training", "final", "heldout"] and ex.phase == "final"
+    ex.domain.value = "all"
+    ex.sort.value = "max"
+    ex.phase_control.value = "heldout"
+    ex.latent.value = 5
+    assert "heldout pass" in ex.render() and "max 4.8 · mean 4.08" in ex.render(), "heldout: 0.8 x the peak"
+    assert ex.latents.loc[5, "max_activation"] == pytest.approx(4.8)
+
+
 def test_explorer_display_and_figures(samples, monkeypatch):
-    ex = widgets.explorer(samples)
+    ex = view.explorer(samples)
     shown = []
     monkeypatch.setattr(explorer_module, "display", lambda obj, **kw: shown.append(obj) or DisplayHandle(shown))
     ex._ipython_display_()
@@ -180,14 +223,22 @@ def test_explorer_display_and_figures(samples, monkeypatch):
     assert sorted(bar.data[0].x) == ["math_science", "medicine"] and list(bar.data[0].y) == [0.5, 0.5]
     assert heat.data[0].z.shape == (6, len(DOMAINS)) and list(heat.data[0].y)[0] == "latent 5"
     assert "&lt;b&gt;legal&lt;/b&gt;" in list(heat.data[0].x), "plotly would draw <b> as bold: labels escaped"
+    assert "top samples" in bar.layout.title.text and "top samples" in heat.layout.title.text
+
+
+def test_figure_titles_follow_the_profile(interp):
+    bar, heat = view.domain_profile_bar(interp.profile, 2), view.domain_heatmap(interp.profile, [2, 0])
+    for fig in (bar, heat):
+        assert "held-out documents a latent fires in" in fig.layout.title.text
+    assert view.domain_heatmap(interp.profile, [2], title="Mine").layout.title.text == "Mine"
 
 
 def test_setup_plotly_draws_offline(samples):
     import plotly.io as pio
-    from kit.figures import library_html
-    name = widgets.setup_plotly()
+    from kit.view.figures import library_html
+    name = view.setup_plotly()
     assert name == "plotly_mimetype+kit_inline" and pio.renderers.default == name
-    bundle = pio.renderers["kit_inline"].to_mimebundle(widgets.domain_heatmap(domain_profile(samples), [1, 2])
+    bundle = pio.renderers["kit_inline"].to_mimebundle(view.domain_heatmap(domain_profile(samples), [1, 2])
                                                        .to_dict())
     html = bundle["text/html"]
     assert "Plotly.newPlot" in html and "<script src" not in html and "https://" not in html, "no CDN"

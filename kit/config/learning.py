@@ -1,0 +1,116 @@
+"""The learning-side sections of a run's config: the transcoder's shape and the optimisation."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from kit.config.fields import ConfigError, check_types
+
+ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+AUTOCAST = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    d_in: int | None = None
+    """Width of the MLP input x; None in a RunConfig, where the model gives it."""
+    d_out: int | None = None
+    """Width of the MLP output y; None in a RunConfig, where the model gives it."""
+    d_latent: int = 4608
+    """Number of latents (the dictionary size)."""
+    activation: str = "topk"
+    """One of relu, topk, batchtopk, jumprelu."""
+    k: int | None = None
+    """Active latents per token (batchtopk: on average over the batch); None unless topk/batchtopk."""
+    skip: bool = False
+    """Add a linear skip term x @ W_skip, initialised to zero (skip transcoder, Paulo et al. 2025)."""
+    jumprelu_threshold: float = 0.001
+    """Initial JumpReLU threshold theta (Rajamanoharan et al. 2024 start at 0.001)."""
+    jumprelu_bandwidth: float = 0.001
+    """Width epsilon of the rectangle kernel in JumpReLU's straight-through estimator (paper: 0.001)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16, float16 or float64."""
+
+    def __post_init__(self):
+        check_types(self)
+        for name in ("d_in", "d_out", "d_latent"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"TranscoderConfig.{name} must be a positive int, got {value!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation in ("topk", "batchtopk"):
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_latent:
+                raise ConfigError(f"activation={self.activation!r} needs k, an int in [1, d_latent="
+                                 f"{self.d_latent}] (active latents per token, e.g. k=32); got k={self.k!r}")
+        elif self.k is not None:
+            raise ConfigError(f"k is only used by topk/batchtopk; "
+                             f"set k=None for activation={self.activation!r}")
+        for name in ("jumprelu_threshold", "jumprelu_bandwidth"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self):
+        """The parameters' torch dtype."""
+        import torch
+        return getattr(torch, self.dtype)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TranscoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ConfigError(f"unknown TranscoderConfig fields {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+
+    steps: int = 1000
+    """Optimizer steps."""
+    lr: float = 3e-4
+    """Peak learning rate (Adam)."""
+    warmup_steps: int | None = None
+    """Linear warmup steps; None means 5% of steps."""
+    decay: str = "cosine"
+    """Decay after warmup: 'cosine', 'linear' or 'constant'."""
+    min_lr_ratio: float = 0.1
+    """The decay's floor as a fraction of lr."""
+    sparsity_coeff: float = 0.0
+    """L1 coefficient (relu) or L0 coefficient (jumprelu); unused by topk, whose k sets sparsity."""
+    sparsity_warmup_steps: int | None = None
+    """Steps over which the sparsity coefficient ramps up from 0; None means 5% of steps."""
+    auxk_coeff: float = 1 / 32
+    """Weight of the AuxK dead-latent loss for topk/batchtopk (Gao et al. 2024 use 1/32)."""
+    k_aux: int = 256
+    """Dead latents AuxK may use per token."""
+    dead_window: int = 1_000_000
+    """A latent that has not fired for this many tokens is dead."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    checkpoint_every: int = 100
+    """Steps between atomic checkpoints."""
+    collect_every: int = 1
+    """Steps between top-k collector updates."""
+    log_every: int = 10
+    """Steps between history rows."""
+    autocast: str = "auto"
+    """bf16 autocast of the transcoder step (fp32 weights and Adam state): 'on', 'off', or 'auto' = on for CUDA
+    and for a CPU with amx_bf16 (see kit.train.precision)."""
+
+    def __post_init__(self):
+        check_types(self)
+        if self.steps < 1 or min(self.checkpoint_every, self.collect_every, self.log_every, self.k_aux) < 1:
+            raise ConfigError(f"steps, checkpoint_every, collect_every, log_every and k_aux must be >= 1: {self}")
+        if self.dead_window < 1 or self.grad_clip <= 0 or self.sparsity_coeff < 0 or self.auxk_coeff < 0:
+            raise ConfigError(f"dead_window and grad_clip must be > 0, coefficients >= 0: {self}")
+        if self.autocast not in AUTOCAST:
+            raise ConfigError(f"TrainConfig.autocast must be one of {AUTOCAST}, got {self.autocast!r}")

@@ -1,0 +1,217 @@
+"""The training loop: one visible `for` loop over batches from any store-like object.
+
+The trainer never touches the language model: anything with `get_batch_with_tokens()`, `state_dict()` and
+`load_state_dict()` feeds it, so it is tested on synthetic tensors as well as on the real store.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from kit import distributed
+
+from kit.train import checkpoint, precision
+from kit.config import TrainConfig
+from kit.io import flatten, unflatten
+from kit.model.loss import fvu
+from kit.train.objective import objective
+from kit.train.schedule import ScheduleConfig, make_scheduler, sparsity_multiplier
+
+HISTORY_FIELDS = ["step", "tokens", "lr", "loss", "fvu", "l0", "dead_frac", "tokens_per_s"]
+
+
+class Trainer:
+    """Trains `transcoder` on batches from `store`; checkpoints and history go to `run_dir` when given."""
+
+    def __init__(self, transcoder, store, cfg: TrainConfig, run_dir=None, collector=None, config_dict=None):
+        self.tc, self.store, self.cfg, self.collector = transcoder, store, cfg, collector
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dict = config_dict or {}
+        self.optimizer = torch.optim.Adam(transcoder.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.schedule = ScheduleConfig.of(cfg)
+        self.scheduler = make_scheduler(self.optimizer, self.schedule)
+        device = transcoder.W_dec.device
+        self.since_fired = torch.zeros(transcoder.cfg.d_latent, dtype=torch.long, device=device)
+        self.step = 0
+        self.tokens_seen: int | None = 0  # all ranks' tokens; None = recount (a checkpoint from before it)
+        # Inputs and targets are scaled so that their mean norm is sqrt(width) (as SAELens and sparsify do):
+        # SmolLM2's layer-8 MLP output is ~10x larger than its input, and unscaled the encoder needs hundreds
+        # of Adam steps just to grow. `export()` folds the scales back into the weights.
+        self.scales = torch.zeros(2, dtype=torch.float64)
+        self.normalize = transcoder.cfg.activation != "relu"  # relu's L1 is weighted by decoder norms instead
+        self.precision = precision.choose(cfg.autocast, device, transcoder.W_dec.dtype)
+        if distributed.rank_world()[0] == 0:
+            print(self.precision.describe(), flush=True)
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def fit(self, stop_at: int | None = None, progress: bool = True) -> None:
+        """Train until `cfg.steps` (or `stop_at`, which simulates an interruption)."""
+        end = min(self.cfg.steps, stop_at or self.cfg.steps)
+        bar = tqdm(range(self.step, end), initial=self.step, total=self.cfg.steps, disable=not progress,
+                   desc="train")
+        tick, tokens = time.perf_counter(), 0
+        for step in bar:
+            batch = self.store.get_batch_with_tokens()
+            out, y, loss = self.train_step(batch.x_in, batch.y_out, step)
+            if self.collector is not None and step % self.cfg.collect_every == 0:
+                self.collector.update(self._acts_for_collector(out), batch.global_ids.to(y.device), step)
+            tokens += self._count_tokens(len(y))
+            self.step = step + 1
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                row = self._log(out, y, loss, tokens / (time.perf_counter() - tick))
+                bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}",
+                                tok_s=f"{row['tokens_per_s']:.0f}")
+                tick, tokens = time.perf_counter(), 0
+            if self.run_dir is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == end):
+                # a collective under torchrun: every rank calls it, rank 0 writes
+                checkpoint.save(self)
+
+    def train_step(self, x, y, step: int):
+        """Forward, loss, backward, clip, optimizer and schedule step; returns `(out, y, loss)`."""
+        x, y = x.to(self.tc.W_dec), y.to(self.tc.W_dec)
+        if step == 0:
+            self._start(x, y)
+        x, y = x * float(self.scales[0]), y * float(self.scales[1])
+        if step == 0:
+            self.tc.init_b_dec(y)  # start from the mean-ablation baseline of every rank's first batch
+        with precision.autocast(self.precision, x.device):  # the backward runs outside, as torch.autocast asks
+            out = self.tc(x)
+            loss = self.loss(out, x, y, step)
+        self._check_finite(loss, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(self.tc.parameters())
+        if self.normalize:
+            self.tc.remove_parallel_grad_()
+        torch.nn.utils.clip_grad_norm_(self.tc.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.normalize:
+            self.tc.normalize_decoder_()
+        self._track_dead(out, len(y))
+        return out, y, loss.detach()
+
+    @torch.no_grad()
+    def _start(self, x, y) -> None:
+        """Step 0: every rank takes rank 0's weights, and the scales come from all ranks' first batches."""
+        distributed.broadcast_([*self.tc.parameters(), *self.tc.buffers()])
+        sums = torch.stack([x.norm(dim=1).double().sum(), y.norm(dim=1).double().sum(),
+                            torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+        sums = distributed.reduce_across_ranks(sums, "sum").cpu()
+        widths = torch.tensor([x.shape[1], y.shape[1]], dtype=torch.float64)
+        self.scales = widths.sqrt() * sums[2] / sums[:2]
+
+    def _check_finite(self, loss, step: int) -> None:
+        # Every rank must stop, or the others would wait for its gradients forever.
+        bad = distributed.any_rank(~torch.isfinite(loss.detach()).reshape(1))
+        if bad.item():
+            value = loss.item() if not torch.isfinite(loss) else "not finite on another rank"
+            raise FloatingPointError(f"loss is {value} at step {step}; stopped before the optimizer step, so "
+                                     "no checkpoint holds poisoned weights (lower the lr or check the inputs)")
+
+    def _count_tokens(self, rows: int) -> int:
+        """Add one step of every rank's tokens (each rank's batch has `rows` rows) to tokens_seen; return it."""
+        world = distributed.rank_world()[1]
+        if self.tokens_seen is None:  # every earlier step had this batch size too
+            self.tokens_seen = self.step * rows * world
+        self.tokens_seen += rows * world
+        return rows * world
+
+    def export(self):
+        """A copy of the transcoder for raw (unscaled) activations: scales folded into the weights."""
+        import copy
+        tc = copy.deepcopy(self.tc)
+        tc.fold_scales_(float(self.scales[0]), float(self.scales[1]))
+        return tc
+
+    def resume(self) -> bool:
+        """Load the run folder's newest intact checkpoint, if any; True when one was loaded.
+
+        A damaged checkpoint is named on stderr and skipped for the one before it; DamagedCheckpoint when all are."""
+        paths = checkpoint.candidates(self.run_dir) if self.run_dir is not None else []
+        damaged = []
+        for path in paths:
+            try:
+                checkpoint.load(self, path)
+            except checkpoint.DamagedCheckpoint as err:
+                damaged.append(str(err))
+                continue
+            if distributed.rank_world()[0] == 0:
+                for line in damaged:
+                    print(f"{line}; resuming from {path.name} instead", file=sys.stderr, flush=True)
+            return True
+        if damaged:
+            raise checkpoint.DamagedCheckpoint(f"no intact checkpoint in {self.run_dir / 'checkpoints'}: "
+                                               f"{'; '.join(damaged)}")
+        return False
+
+    def loss(self, out, x, y, step: int) -> torch.Tensor:
+        """Reconstruction plus the activation's sparsity or dead-latent term (see `kit.train.objective`)."""
+        coeff = self.cfg.sparsity_coeff * sparsity_multiplier(step, self.schedule)
+        return objective(self.tc, self.cfg, out, x, y, coeff, self.since_fired >= self.cfg.dead_window)
+
+    # ---- state -------------------------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """`(tensors, meta)`: every piece of training state, as flat safetensors-ready tensors and JSON."""
+        tensors = {"since_fired": self.since_fired.cpu(), "scales": self.scales}
+        flatten("transcoder", self.tc.state_dict(), tensors)
+        opt = self.optimizer.state_dict()
+        flatten("optimizer", {str(k): v for k, v in opt["state"].items()}, tensors)
+        if self.collector is not None:
+            flatten("collector", self.collector.state_dict(), tensors)
+        meta = {"step": self.step, "tokens_seen": self.tokens_seen, "scheduler": self.scheduler.state_dict(),
+                "param_groups": opt["param_groups"], "config": self.config_dict}
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore `state_dict()` (the store's position is the store's own state)."""
+        self.tc.load_state_dict(unflatten("transcoder", tensors))
+        state = {int(k): v for k, v in unflatten("optimizer", tensors).items()}
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.since_fired.copy_(tensors["since_fired"])
+        self.scales = tensors["scales"].cpu()
+        if self.collector is not None:
+            self.collector.load_state_dict(unflatten("collector", tensors))
+        self.step = meta["step"]
+        self.tokens_seen = meta.get("tokens_seen")  # None in older checkpoints: the trainer recounts it
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _track_dead(self, out, n_tokens: int) -> None:
+        fired = distributed.any_rank((out.acts > 0).any(0))
+        self.since_fired += n_tokens * distributed.rank_world()[1]
+        self.since_fired[fired] = 0
+
+    @staticmethod
+    def _acts_for_collector(out):
+        return (out.top_idx, out.top_vals.detach()) if out.top_idx is not None else out.acts.detach()
+
+    @torch.no_grad()
+    def _log(self, out, y, loss, tokens_per_s: float) -> dict:
+        row = {"step": self.step, "tokens": self.tokens_seen, "lr": self.scheduler.get_last_lr()[0],
+               "loss": loss.item(), "fvu": fvu(y, out.y_hat).item(),
+               "l0": (out.acts > 0).sum(-1).float().mean().item(),
+               "dead_frac": (self.since_fired >= self.cfg.dead_window).float().mean().item(),
+               "tokens_per_s": tokens_per_s}
+        if self.run_dir is not None and distributed.rank_world()[0] == 0:
+            path = self.run_dir / "history.csv"
+            new = not path.exists()
+            with path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, HISTORY_FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        return row
+
+    @property
+    def dead_fraction(self) -> float:
+        """Share of latents that have not fired in the last `dead_window` tokens."""
+        return (self.since_fired >= self.cfg.dead_window).float().mean().item()
