@@ -97,7 +97,7 @@ if resume:
     trainer.resume()
 print_plan(config, device)
 print(f"transcoder {transcoder.cfg.d_in} -> {transcoder.cfg.d_latent:,} latents -> {transcoder.cfg.d_out}; "
-      f"at step {trainer.step} of {config.train.steps:,}")
+      + ("finished earlier" if metrics else f"at step {trainer.step} of {config.train.steps:,}"))
 
 # %% [markdown]
 # ## 5. Train, watching the curves

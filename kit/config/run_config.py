@@ -27,7 +27,7 @@ class RunConfig:
     """Text source: 'embedded', a hub dataset name or a local file/folder."""
     model_dtype: str = "float32"
     """Language-model weights dtype: float32, bfloat16 or float16."""
-    latents: TranscoderConfig = field(default_factory=TranscoderConfig)
+    latents: TranscoderConfig = field(default_factory=lambda: TranscoderConfig(k=32))
     """The transcoder (d_in and d_out stay None: the model gives them)."""
     store: StoreConfig = field(default_factory=StoreConfig)
     """Activation store."""
