@@ -14,7 +14,9 @@
 # # 02 · Do latents specialize by domain?
 # For every latent we count the labelled held-out documents it fires in (not only its top-k), test where they fall
 # against the domains' base rates, and compare with two nulls: shuffled domain labels and a random transcoder.
-# Then we look at text patterns, the logit lens and labels, and write the interpretability report.
+# Then we ask whether the specialists hold up: do they beat the words they fire on (the token-identity null), and
+# do they specialize in the same subject on news articles of one register (the topic set)? Last come text patterns,
+# the logit lens and labels, and the interpretability report.
 
 # %% tags=["parameters"]
 import os
@@ -27,6 +29,7 @@ import plotly.express as px
 import torch
 
 from kit import load_model
+from kit.interpret.analysis import holds_up_by_domain, register_caveat
 from kit.interpret.interpretation import ensure_interpretation
 from kit.presets import get_preset, run_dir
 from kit.report.write import write_report
@@ -59,7 +62,9 @@ print(f"FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, CE loss recovered {met
 interp = ensure_interpretation(out, model=model, tokenizer=tok, config=config.analysis)
 summary = interp.summary
 print(f"{interp.eval_documents:,} held-out documents ({interp.eval_tokens:,} scored tokens)")
-summary[["alive", "dead_frac", "specialist_frac", "specialist_frac_alive", "median_top_lift_testable"]].round(3)
+# every share of all latents (_frac) beside the same share of alive latents (_frac_alive)
+shares = ["specialist_frac", "specialist_frac_alive", "topic_specialist_frac", "topic_specialist_frac_alive"]
+summary[["alive", "dead_frac", *shares, "median_top_lift_testable"]].round(3)
 
 # %% [markdown]
 # Specialists per domain, for the trained transcoder and the two nulls (same data, same thresholds):
@@ -94,10 +99,37 @@ px.box(table[table["category"].isin(["specialist", "generalist"])], x="category"
        title="Mean activation when firing, by category")
 
 # %% [markdown]
-# ## 5. Style can masquerade as topic
-# Headlines (medicine, finance), lowercase chat and Early Modern English differ in *style* as well as topic.
+# ## 5. Does it hold up?
+# The embedded corpus's domains differ in *register* as well as in subject: licence text, health and finance
+# headlines, lowercase chat, Shakespeare, speeches, source files. Three checks:
+#
+# - **Margins over both nulls**, as shares of all latents and of alive latents.
+# - **Token identity.** Each specialist's firing documents are compared with what the token types it fires on
+#   predict, were each type equally likely to fire in every domain (a G-test, Benjamini–Hochberg over the
+#   specialists). Those whose top domain holds significantly more are *topic specialists*; the others may follow
+#   a word that occurs mostly in one domain.
+# - **Replication.** The same latents on the topic set (news articles in one register, never trained on): are the
+#   run's specialists for politics and medicine specialists for the politics and health topics there, more often
+#   than chance (hypergeometric)?
 
 # %%
+pd.concat([summary, interp.margins])[shares].T.round(3)
+
+# %%
+survival = holds_up_by_domain(table, interp.base_rates["domain"], interp.replication)
+n_spec, n_topic = int((table["category"] == "specialist").sum()), int(table["topic_specialist"].sum())
+print(f"{n_topic} of {n_spec} specialists beat the token-identity null")
+survival
+
+# %%
+print(interp.replication_info)
+interp.replication
+
+# %%
+interp.replication_summary[[c for c in shares if c in interp.replication_summary]].round(3)
+
+# %%
+print(register_caveat(interp.base_rates["domain"]))
 print(interp.caveat)
 
 # %% [markdown]
@@ -131,4 +163,10 @@ trained, shuffled = summary.loc["trained"], summary.loc["shuffled"]
 assert trained.specialist_frac >= shuffled.specialist_frac, "shuffled labels produced more specialists than real ones"
 assert shuffled.specialist_frac <= 0.01, f"the shuffled null flags {shuffled.specialist_frac:.1%} of latents"
 assert set(table["category"]) <= {"specialist", "generalist", "dead", "dense"}, "unknown latent category"
+assert not (table["topic_specialist"] & (table["category"] != "specialist")).any(), "a topic specialist is a specialist"
+assert survival["topic_specialists"].sum() == n_topic <= n_spec, "survivors per domain add up"
+assert trained.topic_specialist_frac >= shuffled.topic_specialist_frac, "shuffled labels beat token identity more often"
+assert len(interp.replication_summary) or "skipped" in interp.replication_info, "the replication ran or says why not"
+replicated = interp.replication
+assert replicated["p"].between(0, 1).all() and (replicated["overlap"] <= replicated["drawn"]).all(), "replication"
 assert html_path.exists() and "<script" not in html_path.read_text(), "report.html missing or not script-free"

@@ -75,18 +75,52 @@ def write_run(folder: Path, n_latents: int = 6) -> Path:
     return folder
 
 
-def make_interpretation(n_docs: int = 40, doc_len: int = 16, seed: int = 0):
-    """An `Interpretation` of the run's 8 latents from synthetic held-out documents of the four DOMAINS (2 fires in
-    'medicine' documents only, 0, 1 and 3-5 everywhere, 6 and 7 never), with tokens a CSV could mangle."""
-    from kit.interpret.analysis import DocumentStats, specialization_from_stats
-    from kit.interpret.interpretation import assemble
-    rng = np.random.default_rng(seed)
-    doc_M = np.repeat(np.arange(n_docs * len(DOMAINS)), doc_len)
+LEXICAL_ID = 99
+"""A vocabulary id that occurs in 'code' documents only: latent 7 fires on it, a specialist token identity explains."""
+TOPICS = ["politics", "health", "sport"]
+MAPPING = {"medicine": "health", "code": "politics"}
+
+
+def synthetic_documents(names, n_docs: int, doc_len: int, seed: int, topic: int, lexical: int | None = None):
+    """Per-token activations of 8 latents, document ids, domain codes and vocabulary ids (0-39): 2 fires on a
+    fifth of the tokens of domain `topic`, whatever they are, 0, 1 and 3-5 on 3% of all tokens, 6 never, 7 on
+    LEXICAL_ID, which half the documents of domain `lexical` hold."""
+    rng, rng_ids = np.random.default_rng(seed), np.random.default_rng(seed + 7)
+    doc_M = np.repeat(np.arange(n_docs * len(names)), doc_len)
     dom_M = doc_M // n_docs
     acts = (rng.random((len(doc_M), 8)) < 0.03) * rng.uniform(0.5, 2.0, (len(doc_M), 8))
-    acts[:, 2] = np.where(dom_M == DOMAINS.index("medicine"), (rng.random(len(doc_M)) < 0.2) * 3.0, 0.0)
-    acts[:, 6:] = 0.0
-    result = specialization_from_stats(DocumentStats.from_token_acts(acts, doc_M, dom_M, DOMAINS))
+    acts[:, 2] = np.where(dom_M == topic, (rng.random(len(doc_M)) < 0.2) * 3.0, 0.0)
+    tok_M = rng_ids.integers(0, 40, len(doc_M))
+    if lexical is not None:
+        tok_M[(dom_M == lexical) & (doc_M % 2 == 0) & (np.arange(len(doc_M)) % doc_len == 3)] = LEXICAL_ID
+    acts[:, 6] = 0.0
+    acts[:, 7] = (tok_M == LEXICAL_ID) * 1.5
+    return acts, doc_M, dom_M, tok_M
+
+
+def make_replication(run_table, n_docs: int = 30, doc_len: int = 16, seed: int = 1):
+    """A `Replication` on synthetic topic-set documents (TOPICS): latent 2 specializes in 'health' there."""
+    from kit.interpret.analysis import DocumentStats, Replication, overlap_table, specialization_from_stats
+    acts, doc_M, dom_M, tok_M = synthetic_documents(TOPICS, n_docs, doc_len, seed, topic=1)
+    stats = DocumentStats.from_token_acts(acts, doc_M, dom_M, TOPICS, token_M=tok_M)
+    result = specialization_from_stats(stats)
+    info = {"source": "topic set", "domain_field": "topic", "mapping": MAPPING, "contexts": len(stats.tokens_N),
+            "documents": len(stats.tokens_N), "tokens": int(stats.tokens_N.sum()),
+            "documents_per_label": dict(zip(result.base_rates["domain"], result.base_rates["documents"].tolist()))}
+    return Replication(overlap_table(run_table, result.tables["trained"], MAPPING),
+                       pd.concat([result.summary, result.margins]).rename_axis("transcoder"), info, result)
+
+
+def make_interpretation(n_docs: int = 40, doc_len: int = 16, seed: int = 0, replicated: bool = True):
+    """An `Interpretation` of the run's 8 latents from synthetic held-out documents of the four DOMAINS
+    (`synthetic_documents`: 2 a topic specialist of 'medicine', 7 a 'code' specialist that token identity explains,
+    6 dead), with tokens a CSV could mangle, and a replication on synthetic topics (`make_replication`)."""
+    from kit.interpret.analysis import DocumentStats, specialization_from_stats
+    from kit.interpret.interpretation import assemble
+    acts, doc_M, dom_M, tok_M = synthetic_documents(DOMAINS, n_docs, doc_len, seed, DOMAINS.index("medicine"),
+                                                    lexical=DOMAINS.index("code"))
+    stats = DocumentStats.from_token_acts(acts, doc_M, dom_M, DOMAINS, token_M=tok_M)
+    result = specialization_from_stats(stats)
     labels = [f"words {i}" if i != 2 else f"dose {SCRIPT}" for i in range(8)]
     words = pd.DataFrame({"latent": [2, 2, 2], "rank": [0, 1, 2], "text": [" dose", SCRIPT, "nan"],
                           "weight": [3.0, 1.0, 0.5], "count": [3, 1, 1]})
@@ -99,7 +133,9 @@ def make_interpretation(n_docs: int = 40, doc_len: int = 16, seed: int = 0):
     lengths = pd.DataFrame({"what": ["sample windows"], "unit": ["tokens"], "n": [48], "mean": [12.0],
                             "median": [12.0], "min": [12], "max": [12]}).set_index(["what", "unit"])
     return assemble(result, labels, words=words, tokens=symbols, overall=words.drop(columns="latent"),
-                    lengths=lengths, lens=lens, lens_caveat="Direct path only.", eval_contexts=n_docs)
+                    lengths=lengths, lens=lens, lens_caveat="Direct path only.", eval_contexts=n_docs,
+                    replication=make_replication(result.tables["trained"]) if replicated else None,
+                    replication_info=None if replicated else {"skipped": "turned off"})
 
 
 def write_interpretation(folder: Path, **options) -> Path:

@@ -218,7 +218,9 @@ def test_hierarchy_against_manual_pairs():
 
 def test_style_caveat_flags_style_domains(result):
     text = style_caveat(result)
-    assert "Style caveat" not in text and "None of the 1 specialists" in text  # 'legal' has no distinct register
+    assert "Style caveat" in text and "legal (licence text): 1 latents [0]" in text
+    prose = specialization_from_stats(DocumentStats.from_token_acts(*planted(), ("code", "x", "news", "y")))
+    assert "None of the 1 specialists" in style_caveat(prose)  # news is running prose: no distinct register
     renamed = specialization_from_stats(DocumentStats.from_token_acts(*planted(), ("code", "x", "fiction", "y")))
     text = style_caveat(renamed)
     assert "fiction (Early Modern English" in text and "1 latents [0]" in text
@@ -261,7 +263,9 @@ def test_document_stats_on_the_real_model_matches_a_dense_computation(real_store
     with torch.no_grad():
         acts_ML = tc.encode(x[mask])
     m = mask.numpy()
-    dense = DocumentStats.from_token_acts(acts_ML, prov.doc_ids[m], prov.domains[m], real_store.domain_names)
+    token_M = real_store.tokens_for_contexts(idx)[0].numpy()[m]
+    dense = DocumentStats.from_token_acts(acts_ML, prov.doc_ids[m], prov.domains[m], real_store.domain_names,
+                                          token_M=token_M)
     np.testing.assert_array_equal(stats.doc_ids_N, dense.doc_ids_N)
     np.testing.assert_array_equal(stats.count_NL, dense.count_NL)
     np.testing.assert_allclose(stats.mass_NL, dense.mass_NL, rtol=1e-5, atol=1e-5)
@@ -269,6 +273,10 @@ def test_document_stats_on_the_real_model_matches_a_dense_computation(real_store
     np.testing.assert_array_equal(stats.tokens_N, dense.tokens_N)
     assert [stats.domain_names[d] for d in stats.domain_N] == [dense.domain_names[d] for d in dense.domain_N]
     assert stats.tokens_N.sum() == mask.sum() and stats.count_NL.sum() == 8 * mask.sum()  # topk: k per token
+    for name in ("count_NV", "fire_LV"):  # the token-identity counts, chunk by chunk and all at once
+        chunked, whole = getattr(stats.types, name), getattr(dense.types, name)
+        assert chunked.shape == whole.shape and (chunked != whole).nnz == 0, name
+    assert stats.types.fire_LV.sum() == 8 * mask.sum() and stats.types.count_NV.sum() == mask.sum()
     res = specialization_with_nulls(tc, real_store, idx, SpecializationConfig(min_firing_documents=2))
     assert list(res.summary.index) == ["trained", "shuffled", "random"]
     assert res.base_rates["documents"].sum() == len(stats.doc_ids_N) and res.base_rates["tokens"].sum() == mask.sum()

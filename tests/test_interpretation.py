@@ -40,9 +40,21 @@ def test_round_trip_changes_nothing(tmp_path):
     back = Interpretation.load(tmp_path)
     assert_same(original, back)
     assert back.logit_lens["promoted"].tolist() == [" dose", "\r", "NULL"], "tokens a CSV could mangle survive"
-    assert back.top_words["text"].tolist()[2] == "nan" and back.specialization.loc[7, "top_domain"] == ""
+    assert back.top_words["text"].tolist()[2] == "nan" and back.specialization.loc[6, "top_domain"] == ""
     assert list(back.summary.index) == ["trained", "shuffled"] and back.summary.index.name == "transcoder"
     assert_same(back, Interpretation.load(Interpretation.load(tmp_path).save(tmp_path / "again").parent))
+    assert back.specialization["topic_specialist"].dtype == bool and back.replication_info["mapping"] == {
+        "medicine": "health", "code": "politics"}
+    assert list(back.replication_summary.index) == ["trained", "shuffled", "trained - shuffled"]
+
+
+def test_round_trip_without_replication(tmp_path):
+    original = make_interpretation(replicated=False)
+    assert original.replication.empty and original.replication_summary.empty
+    assert original.replication_info == {"skipped": "turned off"}
+    back = Interpretation.load(original.save(tmp_path).parent)
+    assert_same(original, back)
+    assert list(back.replication.columns)[:4] == ["domain", "topic", "run_specialists", "overlap"]
 
 
 def test_one_set_of_names_from_the_analysis(tmp_path):
@@ -55,12 +67,15 @@ def test_one_set_of_names_from_the_analysis(tmp_path):
     assert not {"class", "top_share", "top_lift", "q_value"} & set(table.columns), "nothing renamed"
     assert list(interp.profile.columns) == ["latent", "domain", "documents", "share", "lift", "rate"]
     assert interp.column("lift") == "document_lift" and interp.config == SpecializationConfig()
-    assert interp.labels[2] == f"dose {SCRIPT}" and interp.hierarchy["n_specialist"] == 1
+    assert interp.labels[2] == f"dose {SCRIPT}" and interp.hierarchy["n_specialist"] == 2
     lists = interp.lens_lists()
     assert lists["latent"].tolist() == [2, 5] and lists.loc[0, "suppressed"] == ["\n", ""]
     assert interp.lens_of(2) == {"promoted": [" dose", "\r"], "suppressed": ["\n", ""]} and interp.lens_of(0) is None
     assert table.set_index("latent").loc[2, "category"] == "specialist"
-    assert {"specialist_frac", "specialist_frac_alive", "generalist_frac_alive"} <= set(interp.summary.columns)
+    assert table["topic_specialist"].tolist() == [False, False, True] + [False] * 5, "7 is explained by its word"
+    assert {"specialist_frac", "specialist_frac_alive", "generalist_frac_alive", "topic_specialist_frac",
+            "topic_specialist_frac_alive", "topic_specialists_medicine"} <= set(interp.summary.columns)
+    assert interp.replication.set_index("domain").loc["medicine", "overlap"] == 1
     assert list(interp.margins.index) == ["trained - shuffled"]
 
 
@@ -136,7 +151,16 @@ def test_ensure_interpretation_of_a_real_run(tmp_path, embedded, monkeypatch):
     assert built.logit_lens["latent"].unique().tolist() == strongest(latent_summary(samples, "final"), 64)
     assert set(built.specialization["category"]) <= {"specialist", "generalist", "dead", "dense"}
     np.testing.assert_allclose(built.profile.groupby("latent")["share"].sum(), 1.0)
+    table = built.specialization
+    assert table["topic_specialist"].dtype == bool and not (table["topic_specialist"] & (table["category"] !=
+                                                                                         "specialist")).any()
+    assert built.replication_info["contexts"] == built.replication_info["documents"] == 256, "one context each"
+    assert list(built.replication_summary.index) == ["trained", "shuffled", "random", "trained - shuffled",
+                                                     "trained - random"]
+    assert built.replication["domain"].tolist() == ["politics", "medicine"], "both mapped domains and topics present"
     monkeypatch.setattr("kit.lm.models.load_model", lambda *a, **k: pytest.fail("loaded the model again"))
     assert_same(built, ensure_interpretation(tmp_path))
     md_path, html_path = write_report(tmp_path, built)
     assert "Most specialized latents" in html_path.read_text() and "Logit lens" in md_path.read_text()
+    assert "<h2>Does it hold up?</h2>" in html_path.read_text()
+    assert "Replication on the topic set" in md_path.read_text()

@@ -146,3 +146,30 @@ def test_report_reads_the_interpretation_columns(interpreted):
     token = dataclasses.replace(interp, config=dataclasses.replace(interp.config, level="token"))
     md_path, _ = write_report(folder, token, n_cards=1)
     assert "Units are firing tokens" in md_path.read_text() and "token\\_q" in md_path.read_text()
+
+
+def test_does_it_hold_up(full):
+    text_md, html = full
+    assert '<h2>Does it hold up?</h2>' in html and "\n## Does it hold up?\n" in text_md
+    for text, escape in ((html, esc), (text_md, md)):
+        for title in ("Margins over both nulls", "Specialists that beat token identity", "Replication on the topic set",
+                      "Shares on the topic set", "Register"):
+            assert escape(title) in text, title
+        assert "1 of 2 specialists are topic specialists" in text, "survivors counted"
+        for share in ("specialist_frac_alive", "topic_specialist_frac", "topic_specialist_frac_alive"):
+            assert escape(share) in text, f"{share}: per latent and per alive latent"
+        assert escape("medicine: short health-news headlines") in text and escape("code: Python source files") in text
+        assert "medicine → health" in text and escape("second_specialists") in text
+        assert "(politics 30, health 30, sport 30;" in text, "documents per topic"
+    row = re.search(r"\| medicine \| short health-news headlines \| 1 \| 1 \| 1 \| health \| 1 \| 0\.167 \| 0\.167 \|",
+                    text_md)
+    assert row, "per domain: specialists, topic specialists, their share, the topic, replicated, expected, p"
+    assert "<th>identity_lift</th><th>topic_specialist</th>" in html, "the specialization table says who survives"
+
+
+def test_does_it_hold_up_without_replication(tmp_path):
+    folder = write_run(tmp_path / "run")
+    md_path, html_path = write_report(folder, make_interpretation(replicated=False), n_cards=1)
+    for text in (md_path.read_text(), html_path.read_text()):
+        assert "Not replicated: turned off." in text and "Shares on the topic set" not in text
+        assert "Margins over both nulls" in text

