@@ -2,14 +2,13 @@
 Pile-like local set (nested `meta.pile_set_name`, documents of very different lengths), run end to end through
 the `gemma-2-2b-l8` preset's code path: eager attention, Gemma Scope hook points, packing, the mixing buffer, the
 chunked spliced evaluation and the document-level analysis."""
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from kit.corpus.pile_like import write_pile_like
+from kit.interpret.interpretation import Interpretation
 from kit.presets import GEMMA_2_2B_L8
 from kit.run import train_run
 
@@ -48,6 +47,6 @@ def test_gemma_shaped_run_on_a_pile_like_set(tmp_path, tiny_gemma):
     assert set(samples.phase) == {"training", "final", "heldout"}
     assert set(samples.domain) <= {"Github", "ArXiv", "PubMed Abstracts", "HackerNews", "FreeLaw", "Pile-CC",
                                    "Books3", "EuroParl", "Ubuntu IRC", "Wikipedia (en)"}
-    spec = json.loads((tmp_path / "run" / "specialization.json").read_text())
-    assert spec["eval_documents"] >= 2
+    interpretation = Interpretation.load(tmp_path / "run")
+    assert interpretation.eval_documents >= 2 and "topic_specialist" in interpretation.specialization
     assert (tmp_path / "run" / "report.html").exists()
