@@ -92,6 +92,9 @@ class Packer:
         while len(ids) - cursor >= self.min_tokens:
             sep = 1 if self._segments else 0  # a packed document gets a BOS of its own
             take = min(len(ids) - cursor, self.ctx_len - len(self._tokens) - sep)
+            left = len(ids) - cursor - take
+            if 0 < left < self.min_tokens and take - (self.min_tokens - left) >= self.min_tokens:
+                take -= self.min_tokens - left  # a tail this short would be dropped: leave it enough tokens
             if self._segments and (take < self.min_tokens or not self.pack):
                 yield self._emit()
                 continue
