@@ -81,6 +81,10 @@ def _report(run_dir: Path) -> None:
     from kit.report.write import write_report
     if not (run_dir / "config.json").exists():
         raise SystemExit(f"error: {run_dir} is not a run folder (no config.json); pass the --out of a training run")
+    needed = ("metrics.json", "samples.parquet", "latents.csv", "history.csv", "transcoder/model.safetensors")
+    if missing := [name for name in needed if not (run_dir / name).exists()]:  # checked before any model loads
+        raise SystemExit(f"error: {run_dir} lacks {', '.join(missing)}: a run writes them when training finishes; "
+                         f"finish it with `python -m kit train --out {run_dir} --resume` and its original options")
     md, html = write_report(run_dir, ensure_interpretation(run_dir))
     print(f"wrote {md} and {html}")
 

@@ -224,3 +224,23 @@ def test_a_checkpoint_from_before_checksums_still_resumes(tmp_path):
     (tmp_path / "checkpoints" / "step_0000024" / "checksums.json").unlink()
     resumed = make(tmp_path)
     assert resumed.resume() and resumed.step == 24
+
+
+def test_report_names_missing_run_files_before_loading_anything(tmp_path, no_model):
+    """A report of an unfinished run names what is missing and how to make it, and loads no model."""
+    run = tmp_path / "run"
+    fake_checkpoint(run, 40)
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(run)])
+    assert exit_.value.code == (f"error: {run} lacks metrics.json, samples.parquet, latents.csv, history.csv, "
+                                f"transcoder/model.safetensors: a run writes them when training finishes; finish it "
+                                f"with `python -m kit train --out {run} --resume` and its original options")
+
+
+def test_report_title_names_the_model_and_source():
+    from types import SimpleNamespace
+
+    from kit.report.data import report_title
+    run = SimpleNamespace(config={"name": "smoke", "model": "/models/mine", "layer": 3, "source": "my.jsonl"},
+                          folder=Path("runs/x"))
+    assert report_title(run) == "smoke: /models/mine, layer 3, on my.jsonl"

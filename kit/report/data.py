@@ -214,3 +214,10 @@ def example_row(run: RunData, latent: int):
     """The latent's strongest top sample in the displayed phase, as a dict (None if it has none)."""
     rows = select(run.rows[run.rows["latent"] == latent], run.phase, "top")
     return rows.sort_values("rank").iloc[0].to_dict() if len(rows) else None
+
+
+def report_title(run: RunData) -> str:
+    """The run's name with the model, layer and text it was trained on (a user's own source or model included)."""
+    c = run.config
+    name = c.get("name", run.folder.name)
+    return f"{name}: {c.get('model', '?')}, layer {c.get('layer', '?')}, on {c.get('source', '?')}"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kit.report.data import (EVAL_CAPTION, SPECIALIZATION_CAPTIONS, RunData, dict_frame, example_row, fmt, lens_frame,
+                             report_title,
                              metrics_frame, nulls_frame, specialized_frame, summary_frame, top_frame,
                              top_samples_caption)
 from kit.report.holds_up import holds_up_parts
@@ -171,7 +172,7 @@ def html_report(run: RunData, interp=None) -> str:
     present = [(key, title) for key, title in SECTIONS if body[key]]
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title in present)
     sections = "".join(f'<section id="{key}"><h2>{title}</h2>{body[key]}</section>' for key, title in present)
-    name = esc(run.config.get("name", run.folder.name))
+    name = esc(report_title(run))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Transcoder report: {name}</title>'
             f"<style>{CSS}</style></head><body><h1>Transcoder report: {name}</h1>"
             f"<p>Model {esc(run.config.get('model', '?'))}, layer {esc(run.config.get('layer', '?'))}. This page "

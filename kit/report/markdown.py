@@ -11,6 +11,7 @@ import pandas as pd
 
 from kit.collect.samples import select
 from kit.report.data import (EVAL_CAPTION, SPECIALIZATION_CAPTIONS, RunData, dict_frame, example_row, fmt, lens_frame,
+                             report_title,
                              metrics_frame, nulls_frame, specialized_frame, summary_frame, top_frame,
                              top_samples_caption)
 from kit.report.holds_up import holds_up_parts
@@ -47,7 +48,7 @@ def md_sample(row) -> str:
 def markdown_report(run: RunData, interp=None) -> str:
     """The whole report.md; `interp`: the run's Interpretation, or None."""
     names = interp.labels if interp else {}
-    out = [f"# Transcoder report: {md(run.config.get('name', run.folder.name))}\n\n",
+    out = [f"# Transcoder report: {md(report_title(run))}\n\n",
            "## Training\n\n", md_table(metrics_frame(run), 100)]
     if not run.history.empty:
         every = max(1, len(run.history) // 12)
