@@ -135,14 +135,14 @@ def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool
         phases[phase] = merge_distributed(final_pass(tc, store, contexts, config.collector, trainer.step,
                                                      progress and rank == 0, cache))
     frames = distributed.gather_objects(samples_frame(phases, tc, store, progress and rank == 0, cache))
-    padding = distributed.gather_objects([store.padding_share(), len(store.stream.own)])
+    padding = distributed.gather_objects(store.padding_counts())
     del cache
     if rank != 0:
         return None
     df = sort_samples(pd.concat(frames, ignore_index=True))
     per_latent, total = topk_retention(select(df, "training", None), select(df, "final", None))
     metrics |= {"topk_retention": total, "tokens_seen": trainer.tokens_seen,
-                "padding_share": sum(p * n for p, n in padding) / max(sum(n for _, n in padding), 1),
+                "padding_share": sum(p for p, _ in padding) / max(sum(n for _, n in padding), 1),
                 "train_seconds": seconds, "collector": trainer.collector.summary()}
     write_samples(out / "samples.parquet", df, store)
     latent_table(df, per_latent, tc.cfg.d_latent).to_csv(out / "latents.csv", index=False)

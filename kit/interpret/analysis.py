@@ -3,7 +3,7 @@ token-identity null, and a second labelled source.
 
 Public API (the report and the widgets call these names; most are defined in the modules named):
 - `kit.interpret.unit_stats`: `DocumentStats`, `DocumentStats.from_token_acts`, `document_stats(transcoder, store,
-  indices, batch_contexts=32)` (`ContextStats` and `context_stats` are their old names), `g_test`, `bh_adjust`
+  indices, batch_contexts=32)`, `g_test`, `bh_adjust`
 - `kit.interpret.specialization`: `latent_table(stats, config)`, `specialization_from_stats(stats, random_stats,
   config)` and `specialization_with_nulls(transcoder, store, indices, config)` -> `SpecializationResult` (per-latent
   tables for trained / shuffled / random, summary, margins), `random_transcoder(transcoder, seed)`,
@@ -47,10 +47,9 @@ from kit.interpret.specialization import (PROFILES, RANDOM_NULL_SEED_OFFSET, REG
 from kit.interpret.token_null import TokenTypes, identity_units
 from kit.interpret.unit_stats import DocumentStats, bh_adjust, document_stats, g_test, stats_for_transcoders
 
-ContextStats, context_stats = DocumentStats, document_stats  # their names before documents became the unit
-__all__ = ["ContextStats", "DocumentStats", "PROFILES", "RANDOM_NULL_SEED_OFFSET", "REGISTERS", "REPLICATION_CONTEXTS",
+__all__ = ["DocumentStats", "PROFILES", "RANDOM_NULL_SEED_OFFSET", "REGISTERS", "REPLICATION_CONTEXTS",
            "Replication", "STYLE_DOMAINS", "SpecializationConfig", "SpecializationResult", "TokenTypes", "bh_adjust",
-           "context_stats", "document_stats", "domain_profile", "g_test", "hierarchy_sentence", "holds_up_by_domain",
+           "document_stats", "domain_profile", "g_test", "hierarchy_sentence", "holds_up_by_domain",
            "identity_units", "latent_table", "overlap_table", "profile_table", "random_transcoder", "register_caveat",
            "replicate", "specialization_from_stats", "specialization_with_nulls", "stats_for_transcoders",
            "strength_hierarchy", "style_caveat"]

@@ -119,6 +119,11 @@ class TranscoderActivationsStore:
         """Share of the model's positions that are padding, over this rank's training contexts read so far."""
         return padding_share(self.stream.own)
 
+    def padding_counts(self) -> tuple[int, int]:
+        """`(padding, positions)` over this rank's training contexts read so far: sums merge across ranks."""
+        own = self.stream.own
+        return sum(len(c.token_ids) - c.length for c in own), len(own) * self.config.ctx_len
+
     # ---- activations ---------------------------------------------------------------------------------------
     @property
     def d_in(self) -> int:
