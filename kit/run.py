@@ -40,9 +40,15 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
 
     Pass `model` and `tokenizer` to reuse a model already in memory (a notebook that loaded Gemma once).
     """
-    rank, world = distributed.rank_world()
     out = Path(out)
     check_run_folder(out, config, resume)  # everything the config and the folder tell is checked before loading
+    store = open_store(config, device, model, tokenizer)
+    return make_trainer(config, store, out, resume)
+
+
+def open_store(config: RunConfig, device: str | None = None, model=None, tokenizer=None):
+    """Check the source and model, print the memory plan, load the model (unless given) and open the store."""
+    rank, world = distributed.rank_world()
     check_source(config.source)
     if model is None:
         check_model_name(config.model)
@@ -52,18 +58,23 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
         print_plan(config, device, world=world)
     if model is None:
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
-    tok = tokenizer
-    store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store,
+    store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tokenizer, config=config.store,
                                        shard=(rank, world))
     if rank == 0:
         print(f"store: {len(store.holdout_indices)} held-out contexts; padding {store.padding_share():.1%} of the "
               f"positions read so far (pack={config.store.pack})", flush=True)
-    torch.manual_seed(config.store.seed)  # every rank starts from the same weights
-    tc = Transcoder(dataclasses.replace(config.latents, d_in=store.d_in, d_out=store.d_out))
-    tc = tc.to(device)
-    collector = TopKCollector(tc.cfg.d_latent, config.collector, device)
+    return store
+
+
+def make_trainer(config: RunConfig, store, out, resume: bool = False) -> Trainer:
+    """A fresh transcoder, collector and trainer on `store` writing to `out` (restored from its newest intact
+    checkpoint with `resume`); every rank starts from the same weights."""
+    out = Path(out)
+    torch.manual_seed(config.store.seed)
+    tc = Transcoder(dataclasses.replace(config.latents, d_in=store.d_in, d_out=store.d_out)).to(store.device)
+    collector = TopKCollector(tc.cfg.d_latent, config.collector, store.device)
     trainer = Trainer(tc, store, config.train, out, collector, config_dict=config.to_dict())
-    if rank == 0:
+    if distributed.rank_world()[0] == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config.to_dict())
     if resume:

@@ -135,6 +135,11 @@ class TranscoderActivationsStore:
         """Width of the transcoder target."""
         return d_model(self.model)
 
+    @property
+    def device(self) -> str:
+        """Where the model runs, and where a transcoder trained on this store goes."""
+        return str(next(self.model.parameters()).device)
+
     @torch.inference_mode()
     def activations_for_contexts(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(x_NTD, y_NTD, mask_NT)` for contexts; `mask` is False on every BOS and on padding."""
