@@ -20,6 +20,8 @@ examples:
   python -m kit train --preset cpu --set train.steps=400 --set latents.k=64
   torchrun --nproc_per_node 8 -m kit train --preset gemma-2-2b-l8 --out runs/gemma
   python -m kit train --preset gemma-2-2b-l8 --dry-run --device-gib 80   # memory plan only, loads nothing
+  python -m kit train --preset cpu --sweep latents.k=16,32,64,128 --out runs/k-sweep  # 4 transcoders, one LM pass
+  python -m kit train --preset smoke --sweep latents.k=16,32 --sweep train.lr=1e-3,3e-3  # a 2 x 2 grid
 """
 
 
@@ -34,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a preset field, e.g. train.steps=100, store.batch_size=2048, model=gpt2; "
                         "sections: latents, store, train, collector (repeatable)")
+    t.add_argument("--sweep", action="append", default=[], metavar="SECTION.FIELD=V1,V2,...",
+                   help="train one transcoder per value from the same store batches, e.g. latents.k=16,32,64; "
+                        "several --sweep flags form a grid; writes OUT/<point>/ run folders and OUT/sweep.csv")
     t.add_argument("--device", help="torch device (default: this rank's CUDA device, else cpu)")
     t.add_argument("--no-report", action="store_true", help="skip report.md/report.html")
     t.add_argument("--show-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -93,15 +98,31 @@ def _train(args) -> None:
     from kit import distributed
     from kit.presets import get_preset, run_dir
     config = get_preset(args.preset).override(args.set)
+    points = None
+    if args.sweep:
+        from kit.sweep import parse_sweep, sweep_points
+        grid = parse_sweep(args.sweep)
+        out = args.out or run_dir(f"{config.name}-sweep")
+        points = sweep_points(config, grid, out)  # every point's config is checked here, before anything loads
     if args.show_config:
-        print(json.dumps(config.to_dict(), indent=2))
+        print(json.dumps(config.to_dict() if points is None else {p.name: p.config.to_dict() for p in points},
+                         indent=2))
         return
     if args.dry_run:
         from kit.memory import print_plan
         print_plan(config, args.device or distributed.default_device(),
-                   int(args.device_gib * 2**30) if args.device_gib else None)
+                   int(args.device_gib * 2**30) if args.device_gib else None,
+                   points=None if points is None else [p.config for p in points])
         return
     distributed.init_from_env()
+    if points is not None:
+        from kit.sweep import run_sweep
+        table = run_sweep(config, grid, out, resume=args.resume, device=args.device, report=not args.no_report)
+        if table is not None:
+            shown = [c for c in ("point", "status", "l0", "fvu", "ce_loss_recovered", "dead_frac") if c in table]
+            print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            print(f"sweep folder: {out} (sweep.csv, one run folder per point)", file=sys.stderr)
+        return
     from kit.run import train_run
     out = args.out or run_dir(config.name)
     metrics = train_run(config, out, resume=args.resume, device=args.device, report=not args.no_report)

@@ -125,24 +125,31 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def memory_plan(config, device_bytes: int | None = None, world: int = 1) -> MemoryPlan:
+def memory_plan(config, device_bytes: int | None = None, world: int = 1, points=None) -> MemoryPlan:
     """The memory plan of a `kit.presets.RunConfig` on a device of `device_bytes` (None: size unknown), for one of
-    `world` ranks."""
+    `world` ranks; `points` are the configs of a sweep's transcoders, all fed by `config`'s store."""
+    points = list(points or [config])
     title = f"{config.name} ({config.model}, layer {config.layer})"
+    title += f", a sweep of {len(points)} transcoders" if len(points) > 1 else ""
     s = model_shape(config.model)
     if s is None:
         return MemoryPlan(title, (), device_bytes, f"unknown model shape for {config.model!r}: not in "
                           f"kit.memory.KNOWN_SHAPES and no cached transformers config")
-    return MemoryPlan(title, tuple(_rows(config, s)), device_bytes, host=tuple(_host_rows(config, world)))
+    return MemoryPlan(title, tuple(_rows(config, s, points)), device_bytes,
+                      host=tuple(_host_rows(config, world)))
 
 
-def _rows(config, s: ModelShape) -> list[Row]:
-    st, lat, col = config.store, config.latents, config.collector
+def _rows(config, s: ModelShape, points: list) -> list[Row]:
+    st = config.store
     m, sb = DTYPE_BYTES[config.model_dtype], DTYPE_BYTES[st.dtype]
-    B, T, D, L = st.lm_batch, st.ctx_len, s.d_model, lat.d_latent
+    B, T, D = st.lm_batch, st.ctx_len, s.d_model
+    L = max(p.latents.d_latent for p in points)  # the points step one at a time: one batch's tensors at once
     mix, refill = getattr(st, "mix_refills", 1), st.refill_contexts * T  # mix_refills: resident refills
-    tc = 2 * D * L + L + D + (D * D if lat.skip else 0) + (L if lat.activation == "jumprelu" else 0)
-    slots = col.k + col.n_intervals * col.per_interval
+    tc = sum(2 * D * p.latents.d_latent + p.latents.d_latent + D + (D * D if p.latents.skip else 0)
+             + (p.latents.d_latent if p.latents.activation == "jumprelu" else 0) for p in points)
+    slot_bytes = sum(3 * p.latents.d_latent * (p.collector.k + p.collector.n_intervals * p.collector.per_interval)
+                     * 20 for p in points)
+    of = f" x{len(points)}" if len(points) > 1 else ""
     return [
         Row("LM weights", lm_params(s) * m, f"{lm_params(s) / 1e9:.3g}e9 params x {m} B"),
         Row("LM forward activations", lm_forward_bytes(s, B, T, m), "B*T*(8D + 3I)*m + B*H*T^2*(4 + 2m) + 2*B*T^2*m"),
@@ -150,11 +157,10 @@ def _rows(config, s: ModelShape) -> list[Row]:
             f"refill tokens {refill} x 2D x {sb} B x (mix_refills {mix} + the chunk handed out)"),
         Row("store refill transients", refill * 2 * D * (8 + 3 * sb),
             f"refill tokens x 2D x (8 + 3 x {sb} B): fp32 read and concat, stored, masked, shuffled copies"),
-        Row("transcoder + grads + Adam", 4 * tc * 4, f"4 x {tc / 1e6:.3g}e6 params x 4 B"),
+        Row("transcoder + grads + Adam" + of, 4 * tc * 4, f"4 x {tc / 1e6:.3g}e6 params x 4 B"),
         Row("training batch", st.batch_size * (4 * L + 2 * D) * 4,
             "batch x (4L + 2D) x 4 B: pre-acts, acts, AuxK copy, their grad; x and y"),
-        Row("collectors", 3 * L * slots * 20,
-            f"3 x L x {slots} slots x 20 B (value, id, step): training, final and held-out"),
+        Row("collectors" + of, slot_bytes, "3 x L x slots x 20 B (value, id, step): training, final, held-out"),
         Row("final-pass input cache", int(_input_cache_bytes()), "kit.collect.final_pass.InputCache max_bytes"),
         Row("evaluation peak", eval_peak_bytes(s, B, T, m, L),
             f"lm_forward + 40*B*T*D + 12*C*L + 16*C*V, C = {CHUNK_TOKENS}"),
@@ -183,8 +189,9 @@ def device_bytes_of(device) -> int | None:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory
 
 
-def print_plan(config, device=None, device_bytes: int | None = None, world: int = 1) -> MemoryPlan:
-    """Print the memory plan of `config` against `device`'s memory (or `device_bytes`) and return it."""
-    plan = memory_plan(config, device_bytes if device_bytes is not None else device_bytes_of(device), world)
+def print_plan(config, device=None, device_bytes: int | None = None, world: int = 1, points=None) -> MemoryPlan:
+    """Print the memory plan of `config` (a sweep's, with `points`) against `device`'s memory (or `device_bytes`)
+    and return it."""
+    plan = memory_plan(config, device_bytes if device_bytes is not None else device_bytes_of(device), world, points)
     print(plan.format(), flush=True)
     return plan

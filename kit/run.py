@@ -11,24 +11,21 @@ import os
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from kit import distributed
 from kit.collect.collector import TopKCollector
 from kit.collect.merge import merge_distributed
-from kit.collect.samples import select, topk_retention
-from kit.interpret.evaluate import evaluate
 from kit.memory import print_plan
 from kit.corpus.records import check_source
 from kit.lm.models import check_model_name, load_model
 from kit.config import RunConfig
-from kit.collect.final_pass import InputCache, final_pass, latent_table, samples_frame
 from kit.lm.store import TranscoderActivationsStore
 from kit.train import checkpoint
 from kit.train.trainer import Trainer
 from kit.model.transcoder import Transcoder
-from kit.io import atomic_write, write_json
+from kit.finish import finish
+from kit.io import write_json
 
 RUN_FILES = ("config.json", "transcoder", "checkpoints", "history.csv", "samples.parquet", "latents.csv",
              "metrics.json", "report.md", "report.html")
@@ -46,8 +43,9 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
     return make_trainer(config, store, out, resume)
 
 
-def open_store(config: RunConfig, device: str | None = None, model=None, tokenizer=None):
-    """Check the source and model, print the memory plan, load the model (unless given) and open the store."""
+def open_store(config: RunConfig, device: str | None = None, model=None, tokenizer=None, points=None):
+    """Check the source and model, print the memory plan (of a sweep's `points` too), load the model (unless
+    given) and open the store."""
     rank, world = distributed.rank_world()
     check_source(config.source)
     if model is None:
@@ -55,7 +53,7 @@ def open_store(config: RunConfig, device: str | None = None, model=None, tokeniz
     device = device or (str(next(model.parameters()).device) if model is not None else distributed.default_device())
     _check_device(device)
     if rank == 0:
-        print_plan(config, device, world=world)
+        print_plan(config, device, world=world, points=points)
     if model is None:
         model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
     store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tokenizer, config=config.store,
@@ -127,68 +125,6 @@ def train_run(config: RunConfig, out, resume: bool = False, device: str | None =
     metrics = finish(trainer, config, Path(out), time.perf_counter() - start, progress, report)
     distributed.barrier()
     return metrics
-
-
-def finish(trainer, config: RunConfig, out: Path, seconds: float, progress: bool, report: bool) -> dict | None:
-    """After the loop: save weights, evaluate, run the frozen final pass, write samples, metrics and report.
-
-    Every rank takes part: each evaluates and final-passes the contexts it owns, the results are merged exactly,
-    and rank 0 writes the folder."""
-    rank, world = distributed.rank_world()
-    tc, store = trainer.export().eval(), trainer.store
-    if rank == 0:
-        tc.save(out / "transcoder")
-    metrics = evaluate(tc, store, config.eval_contexts, trainer.dead_fraction, across_ranks=True)
-    cache = InputCache(store)  # the final pass keeps the inputs, so the windows are re-scored without the LM
-    phases = {"training": trainer.collector}
-    for phase, contexts in (("final", store.consumed()),
-                            ("heldout", {i: None for i in store.holdout_indices if store.owns(i)})):
-        phases[phase] = merge_distributed(final_pass(tc, store, contexts, config.collector, trainer.step,
-                                                     progress and rank == 0, cache))
-    frames = distributed.gather_objects(samples_frame(phases, tc, store, progress and rank == 0, cache))
-    padding = distributed.gather_objects(store.padding_counts())
-    del cache
-    if rank != 0:
-        return None
-    df = sort_samples(pd.concat(frames, ignore_index=True))
-    per_latent, total = topk_retention(select(df, "training", None), select(df, "final", None))
-    metrics |= {"topk_retention": total, "tokens_seen": trainer.tokens_seen,
-                "padding_share": sum(p for p, _ in padding) / max(sum(n for _, n in padding), 1),
-                "train_seconds": seconds, "collector": trainer.collector.summary()}
-    write_samples(out / "samples.parquet", df, store)
-    latent_table(df, per_latent, tc.cfg.d_latent).to_csv(out / "latents.csv", index=False)
-    write_json(out / "metrics.json", metrics)
-    if report:
-        from kit.interpret.interpretation import interpret_run
-        from kit.report.write import write_report
-        write_report(out, interpret_run(out, store))
-    return metrics
-
-
-def sort_samples(df):
-    """Samples in one canonical order (phase, kind, latent, interval, rank), whichever ranks built them."""
-    if df.empty:
-        return df
-    order = {"training": 0, "final": 1, "heldout": 2}
-    key = df["phase"].map(order)
-    return df.assign(_p=key).sort_values(["_p", "kind", "latent", "interval", "rank"]).drop(columns="_p") \
-        .reset_index(drop=True)
-
-
-def write_samples(path: Path, df, store) -> None:
-    """samples.parquet, atomically, with the attribution notice of every source it quotes in its metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from kit.corpus.attribution import attribution_notice
-    sources = sorted(set(df["source"])) if len(df) else []
-    try:
-        notice = attribution_notice(sources)
-    except ValueError:  # a user's own source: name it, there is no licence we know of
-        notice = "Text from: " + ", ".join(sources)
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"attribution": notice.encode(),
-                                           b"context_acts_weights": b"final"})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def check_run_folder(out: Path, config: RunConfig, resume: bool) -> None:

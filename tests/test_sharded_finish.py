@@ -12,7 +12,7 @@ from kit.collect.merge import merge_distributed
 
 from kit.config import CollectorConfig
 from kit.distributed import gather_objects
-from kit.run import sort_samples
+from kit.finish import sort_samples
 from kit.collect.final_pass import InputCache, final_pass, samples_frame
 from kit.lm.store import TranscoderActivationsStore
 from kit.model.transcoder import Transcoder

@@ -43,12 +43,19 @@ class InputCache:
         return torch.stack([self.x[int(i)] if int(i) in self.x else fresh[int(i)] for i in indices])
 
 
-@torch.no_grad()
 def final_pass(transcoder, store, contexts: dict, config, step: int, progress: bool = True,
                cache: InputCache | None = None) -> TopKCollector:
     """Re-collect the top-k with frozen weights over `contexts` ({context index: [T] bool mask of the tokens to
     score, or None for all its trained tokens}, e.g. `store.consumed()`); fills `cache` when given."""
-    collector = TopKCollector(transcoder.cfg.d_latent, config, transcoder.W_dec.device)
+    return final_pass_many([transcoder], store, contexts, [config], step, progress, cache)[0]
+
+
+@torch.no_grad()
+def final_pass_many(transcoders, store, contexts: dict, configs, step: int, progress: bool = True,
+                    cache: InputCache | None = None) -> list[TopKCollector]:
+    """`final_pass` for several transcoders of one store (a sweep): the language model reads each context once,
+    and every transcoder scores it; `configs` are their CollectorConfigs."""
+    collectors = [TopKCollector(tc.cfg.d_latent, cfg, tc.W_dec.device) for tc, cfg in zip(transcoders, configs)]
     T, chunk, indices = store.config.ctx_len, store.config.lm_batch, sorted(contexts)
     for start in tqdm(range(0, len(indices), chunk), desc="final top-k pass", disable=not progress):
         idx = indices[start:start + chunk]
@@ -58,8 +65,9 @@ def final_pass(transcoder, store, contexts: dict, config, step: int, progress: b
         if cache is not None:
             cache.add(idx, x)
         gids = (torch.as_tensor(idx)[:, None] * T + torch.arange(T)[None, :])[mask]
-        collector.update(_encode(transcoder, x[mask]), gids.to(transcoder.W_dec.device), step)
-    return collector
+        for tc, collector in zip(transcoders, collectors):
+            collector.update(_encode(tc, x[mask]), gids.to(tc.W_dec.device), step)
+    return collectors
 
 
 def samples_frame(collectors: dict[str, TopKCollector], transcoder, store, progress: bool = True,

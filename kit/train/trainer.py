@@ -41,6 +41,8 @@ class Trainer:
         self.since_fired = torch.zeros(transcoder.cfg.d_latent, dtype=torch.long, device=device)
         self.step = 0
         self.tokens_seen: int | None = 0  # all ranks' tokens; None = recount (a checkpoint from before it)
+        self.busy_seconds = 0.0  # time spent in this trainer's own steps (a sweep's trainers share the store)
+        self._tick, self._tokens = None, 0  # tokens/s since the last history row
         # Inputs and targets are scaled so that their mean norm is sqrt(width) (as SAELens and sparsify do):
         # SmolLM2's layer-8 MLP output is ~10x larger than its input, and unscaled the encoder needs hundreds
         # of Adam steps just to grow. `export()` folds the scales back into the weights.
@@ -56,22 +58,34 @@ class Trainer:
         end = min(self.cfg.steps, stop_at or self.cfg.steps)
         bar = tqdm(range(self.step, end), initial=self.step, total=self.cfg.steps, disable=not progress,
                    desc="train")
-        tick, tokens = time.perf_counter(), 0
-        for step in bar:
-            batch = self.store.get_batch_with_tokens()
-            out, y, loss = self.train_step(batch.x_in, batch.y_out, step)
-            if self.collector is not None and step % self.cfg.collect_every == 0:
-                self.collector.update(self._acts_for_collector(out), batch.global_ids.to(y.device), step)
-            tokens += self._count_tokens(len(y))
-            self.step = step + 1
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                row = self._log(out, y, loss, tokens / (time.perf_counter() - tick))
+        for _ in bar:
+            row = self.advance(self.store.get_batch_with_tokens(), end)
+            if row is not None:
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}",
                                 tok_s=f"{row['tokens_per_s']:.0f}")
-                tick, tokens = time.perf_counter(), 0
-            if self.run_dir is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == end):
-                # a collective under torchrun: every rank calls it, rank 0 writes
-                checkpoint.save(self)
+
+    def advance(self, batch, end: int | None = None) -> dict | None:
+        """One step on `batch` (a `TokenBatch`): train, collect, log, and checkpoint every `checkpoint_every` steps
+        and at `end`; returns the history row when this step logs one. A sweep calls it for each of its trainers
+        with the same batch."""
+        step, start = self.step, time.perf_counter()
+        if self._tick is None:
+            self._tick = start
+        out, y, loss = self.train_step(batch.x_in, batch.y_out, step)
+        if self.collector is not None and step % self.cfg.collect_every == 0:
+            self.collector.update(self._acts_for_collector(out), batch.global_ids.to(y.device), step)
+        self._tokens += self._count_tokens(len(y))
+        self.step = step + 1
+        row = None
+        if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+            row = self._log(out, y, loss, self._tokens / (time.perf_counter() - self._tick))
+            self._tick, self._tokens = time.perf_counter(), 0
+        self.busy_seconds += time.perf_counter() - start
+        if self.run_dir is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == (end or -1)
+                                         or self.step == self.cfg.steps):
+            # a collective under torchrun: every rank calls it, rank 0 writes
+            checkpoint.save(self)
+        return row
 
     def train_step(self, x, y, step: int):
         """Forward, loss, backward, clip, optimizer and schedule step; returns `(out, y, loss)`."""
@@ -131,11 +145,12 @@ class Trainer:
         tc.fold_scales_(float(self.scales[0]), float(self.scales[1]))
         return tc
 
-    def resume(self) -> bool:
-        """Load the run folder's newest intact checkpoint, if any; True when one was loaded.
-
-        A damaged checkpoint is named on stderr and skipped for the one before it; DamagedCheckpoint when all are."""
+    def resume(self, at_most: int | None = None) -> bool:
+        """Load the run folder's newest intact checkpoint (none after step `at_most`), if any; True when one was
+        loaded. A damaged checkpoint is named on stderr and skipped for the one before it; DamagedCheckpoint when
+        all are."""
         paths = checkpoint.candidates(self.run_dir) if self.run_dir is not None else []
+        paths = [p for p in paths if at_most is None or int(p.name.removeprefix("step_")) <= at_most]
         damaged = []
         for path in paths:
             try:
