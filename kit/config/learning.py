@@ -92,8 +92,13 @@ class TrainConfig:
     """Weight of the AuxK dead-latent loss for topk/batchtopk (Gao et al. 2024 use 1/32)."""
     k_aux: int = 256
     """Dead latents AuxK may use per token."""
+    auxk_window: int | None = None
+    """AuxK trains the latents that have not fired for this many tokens; None means dead_window."""
+    auxk_max_latents: int = 1024
+    """AuxK trains at most this many of them a step (those with the largest pre-activation in the batch), so its
+    cost stays bounded when many are dead."""
     dead_window: int = 1_000_000
-    """A latent that has not fired for this many tokens is dead."""
+    """A latent that has not fired for this many tokens is dead (the dead fraction of the logs and metrics)."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
     checkpoint_every: int = 100
@@ -110,6 +115,8 @@ class TrainConfig:
         check_types(self)
         if self.steps < 1 or min(self.checkpoint_every, self.collect_every, self.log_every, self.k_aux) < 1:
             raise ConfigError(f"steps, checkpoint_every, collect_every, log_every and k_aux must be >= 1: {self}")
+        if min(self.auxk_window or 1, self.auxk_max_latents) < 1:
+            raise ConfigError(f"auxk_window and auxk_max_latents must be >= 1: {self}")
         if self.dead_window < 1 or self.grad_clip <= 0 or self.sparsity_coeff < 0 or self.auxk_coeff < 0:
             raise ConfigError(f"dead_window and grad_clip must be > 0, coefficients >= 0: {self}")
         if self.autocast not in AUTOCAST:

@@ -6,12 +6,9 @@ import torch
 
 from kit.model.loss import auxk_loss, l1_penalty, mse_loss
 
-AUX_MAX_LATENTS = 1024
-"""AuxK trains at most this many dead latents a step, so its cost stays bounded when many are dead."""
-
-
 def objective(tc, cfg, out, x, y, sparsity_coeff: float, dead_L: torch.Tensor) -> torch.Tensor:
-    """The loss of one step: `out` is `tc(x)`, `cfg` the TrainConfig, `dead_L` the dead-latent mask."""
+    """The loss of one step: `out` is `tc(x)`, `cfg` the TrainConfig, `dead_L` the latents AuxK may train (silent
+    for `cfg.auxk_window` tokens)."""
     loss = mse_loss(out.y_hat, y)
     act = tc.cfg.activation
     if act == "relu" and sparsity_coeff > 0:
@@ -19,7 +16,7 @@ def objective(tc, cfg, out, x, y, sparsity_coeff: float, dead_L: torch.Tensor) -
     elif act == "jumprelu" and sparsity_coeff > 0:
         loss = loss + sparsity_coeff * tc.l0_penalty(out.pre_acts)
     elif act in ("topk", "batchtopk") and cfg.auxk_coeff > 0 and dead_L.any():
-        cols = aux_columns(out.pre_acts, dead_L)
+        cols = aux_columns(out.pre_acts, dead_L, cfg.auxk_max_latents)
         # Pre-activations of those dead latents, with gradient (TopK's out.pre_acts has none).
         pre_dead = torch.addmm(tc.b_enc[cols], x, tc.W_enc[:, cols])
         aux = auxk_loss(pre_dead, y - out.y_hat, tc.W_dec[cols], torch.ones_like(cols, dtype=torch.bool), cfg.k_aux)
@@ -28,11 +25,11 @@ def objective(tc, cfg, out, x, y, sparsity_coeff: float, dead_L: torch.Tensor) -
 
 
 @torch.no_grad()
-def aux_columns(pre_BL: torch.Tensor, dead_L: torch.Tensor) -> torch.Tensor:
-    """The dead latents AuxK trains: all of them, or the AUX_MAX_LATENTS whose largest pre-activation in this
+def aux_columns(pre_BL: torch.Tensor, dead_L: torch.Tensor, max_latents: int = 1024) -> torch.Tensor:
+    """The dead latents AuxK trains: all of them, or the `max_latents` whose largest pre-activation in this
     batch is highest (those are the ones AuxK's per-token top-k_aux would pick)."""
     cols = dead_L.nonzero()[:, 0]
-    if len(cols) > AUX_MAX_LATENTS:
-        best = pre_BL.detach()[:, cols].amax(0).topk(AUX_MAX_LATENTS).indices
+    if len(cols) > max_latents:
+        best = pre_BL.detach()[:, cols].amax(0).topk(max_latents).indices
         cols = cols[best.sort().values]
     return cols

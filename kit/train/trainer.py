@@ -170,7 +170,8 @@ class Trainer:
     def loss(self, out, x, y, step: int) -> torch.Tensor:
         """Reconstruction plus the activation's sparsity or dead-latent term (see `kit.train.objective`)."""
         coeff = self.cfg.sparsity_coeff * sparsity_multiplier(step, self.schedule)
-        return objective(self.tc, self.cfg, out, x, y, coeff, self.since_fired >= self.cfg.dead_window)
+        return objective(self.tc, self.cfg, out, x, y, coeff,
+                         self.since_fired >= (self.cfg.auxk_window or self.cfg.dead_window))
 
     # ---- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
