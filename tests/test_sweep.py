@@ -1,5 +1,6 @@
 """Sweeps: several transcoders from one store, each point a complete run folder equal to its own separate run."""
 import json
+import os
 import subprocess
 import sys
 
@@ -100,3 +101,24 @@ def test_sweep_arguments_are_checked_before_loading():
     run = subprocess.run([sys.executable, "-m", "kit", "train", "--sweep", "store.ctx_len=64,128", "--out",
                           "/tmp/never"], capture_output=True, text=True)
     assert run.returncode != 0 and run.stderr.count("\n") == 1 and "store.ctx_len" in run.stderr
+
+
+def test_torchrun_sweep_equals_torchrun_run(tmp_path, embedded):
+    """Under torchrun (two gloo ranks) a sweep point trains exactly what a torchrun run of that point trains."""
+    from test_run import TINY_ARGS
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sets = [a for s in TINY_ARGS for a in ("--set", s)]
+
+    def torchrun(port: int, out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "kit", "train", "--preset", "smoke", "--out", str(out), "--no-report", *sets, *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun(29533, tmp_path / "sweep", "--sweep", "latents.k=4,8")
+    torchrun(29534, tmp_path / "alone", "--set", "latents.k=8")
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert list(table["status"]) == ["finished", "finished"]
+    assert (table["tokens_seen"] == 2 * 4 * TINY.store.batch_size).all(), "tokens_seen counts both ranks"
+    for name, value in _weights(tmp_path / "alone").items():
+        assert torch.equal(value, _weights(tmp_path / "sweep" / "latents.k=8")[name]), name
