@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/store.py
 	$(PY) bench/train.py
 	$(PY) bench/collector.py
+	$(PY) bench/sweep.py
 
 clean-runs:
 	rm -rf runs
