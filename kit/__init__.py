@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "kit.lm.models",
     "TranscoderActivationsStore": "kit.lm.store",
+    "CachedActivationsStore": "kit.lm.cached_store",
     "Transcoder": "kit.model.transcoder",
     "TranscoderConfig": "kit.config",
     "TopKCollector": "kit.collect.collector",

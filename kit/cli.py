@@ -46,8 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the run's memory plan (bytes per component vs the device) and exit; loads nothing")
     t.add_argument("--device-gib", type=float,
                    help="device memory for --dry-run in GiB (default: this machine's CUDA device, if any)")
-    r = sub.add_parser("report", help="rebuild report.md and report.html of a finished run")
-    r.add_argument("run_dir", type=Path)
+    from kit.cache_cmd import CACHE_HELP, add_cache_arguments  # light: no torch
+    add_cache_arguments(sub.add_parser("cache", help="write a preset's training activations to disk (safetensors)",
+                                       description=CACHE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    r = sub.add_parser("report", help="rebuild report.md and report.html of a finished run, or sweep.md and "
+                                      "sweep.html of a sweep folder (its sweep.csv refreshed first)")
+    r.add_argument("run_dir", type=Path, help="a run folder, or a sweep folder (the --out of a --sweep training)")
     n = sub.add_parser("notebooks", help="execute the notebooks top to bottom, saving executed copies")
     n.add_argument("--out", type=Path, default=Path("runs/smoke"), help="where executed notebooks go")
     n.add_argument("names", nargs="*", help="notebook stems (default: all in notebooks/)")
@@ -75,17 +79,29 @@ def _dispatch(args) -> None:
         _train(args)
     elif args.command == "report":
         _report(args.run_dir)
+    elif args.command == "cache":
+        from kit.cache_cmd import cache_command
+        cache_command(args)
     else:
         from kit.notebooks import run_notebooks
         run_notebooks(args.names, args.out)
 
 
 def _report(run_dir: Path) -> None:
-    """Rebuild the report; interpret the run first (model needed) if it was never interpreted."""
+    """Rebuild a run's report, interpreting the run first (model needed) if it was never interpreted; or, for a
+    sweep folder (it holds sweep.json), refresh sweep.csv from the points' folders and write the sweep page."""
+    if (run_dir / "sweep.json").exists():
+        from kit.report.sweep import write_sweep_report
+        from kit.sweep import sweep_table
+        sweep_table(run_dir)
+        md, html = write_sweep_report(run_dir)
+        print(f"wrote {md} and {html}")
+        return
     from kit.interpret.interpretation import ensure_interpretation
     from kit.report.write import write_report
     if not (run_dir / "config.json").exists():
-        raise SystemExit(f"error: {run_dir} is not a run folder (no config.json); pass the --out of a training run")
+        raise SystemExit(f"error: {run_dir} is neither a run folder (no config.json) nor a sweep folder (no "
+                         "sweep.json); pass the --out of a training run or of a sweep")
     needed = ("metrics.json", "samples.parquet", "latents.csv", "history.csv", "transcoder/model.safetensors")
     if missing := [name for name in needed if not (run_dir / name).exists()]:  # checked before any model loads
         raise SystemExit(f"error: {run_dir} lacks {', '.join(missing)}: a run writes them when training finishes; "

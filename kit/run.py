@@ -20,6 +20,7 @@ from kit.memory import print_plan
 from kit.corpus.records import check_source
 from kit.lm.models import check_model_name, load_model
 from kit.config import RunConfig
+from kit.lm.cached_store import open_cached_store
 from kit.lm.store import TranscoderActivationsStore
 from kit.train import checkpoint
 from kit.train.trainer import Trainer
@@ -45,19 +46,23 @@ def prepare(config: RunConfig, out, resume: bool = False, device: str | None = N
 
 def open_store(config: RunConfig, device: str | None = None, model=None, tokenizer=None, points=None):
     """Check the source and model, print the memory plan (of a sweep's `points` too), load the model (unless
-    given) and open the store."""
+    given) and open the store. With `config.cache` the store reads that cache (`kit.lm.cached_store`) and no
+    model loads; evaluation and the final pass load it when they run it (or use `model`)."""
     rank, world = distributed.rank_world()
     check_source(config.source)
     if model is None:
         check_model_name(config.model)
     device = device or (str(next(model.parameters()).device) if model is not None else distributed.default_device())
     _check_device(device)
+    if config.cache is not None:  # a cache that does not fit the run is refused before anything loads
+        store = open_cached_store(config, device, (rank, world), model, tokenizer)  # loads no model
     if rank == 0:
         print_plan(config, device, world=world, points=points)
-    if model is None:
-        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
-    store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tokenizer, config=config.store,
-                                       shard=(rank, world))
+    if config.cache is None:
+        if model is None:
+            model, tokenizer = load_model(config.model, dtype=getattr(torch, config.model_dtype), device=device)
+        store = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tokenizer,
+                                           config=config.store, shard=(rank, world))
     if rank == 0:
         print(f"store: {len(store.holdout_indices)} held-out contexts; padding {store.padding_share():.1%} of the "
               f"positions read so far (pack={config.store.pack})", flush=True)

@@ -39,6 +39,8 @@ class RunConfig:
     """Specialization thresholds of the interpretation."""
     eval_contexts: int = 64
     """Held-out contexts for the spliced-CE metrics (at most store.holdout_contexts)."""
+    cache: str | None = None
+    """A cache folder written by `python -m kit cache`; the run trains from it instead of running the model."""
 
     def __post_init__(self):
         check_types(self)
@@ -47,6 +49,8 @@ class RunConfig:
                 f"RunConfig.model_dtype must be float32, bfloat16 or float16, got {self.model_dtype!r}")
         require(1 <= self.eval_contexts <= self.store.holdout_contexts,
                 f"eval_contexts={self.eval_contexts} must be in 1..store.holdout_contexts={self.store.holdout_contexts}")
+        require(self.cache is None or self.cache.strip() != "",
+                "cache must be a cache folder written by `python -m kit cache`, or None; got an empty string")
         require(self.collector.ctx_len == self.store.ctx_len,
                 f"collector.ctx_len={self.collector.ctx_len} must equal store.ctx_len={self.store.ctx_len}")
 

@@ -69,18 +69,32 @@ class TranscoderActivationsStore:
 
     def __init__(self, model, source, layer: int, tokenizer=None, config: StoreConfig | None = None,
                  shard: tuple[int, int] = (0, 1), **options):
-        self.config = config or StoreConfig(**options)
+        config = config or StoreConfig(**options)  # bad options are refused before a model loads
         if isinstance(model, str):
             from kit.lm.models import load_model
             model, tokenizer = load_model(model)
         if tokenizer is None:
             raise ValueError("pass the model's tokenizer: TranscoderActivationsStore(model, source, layer, tokenizer=tok)")
-        self.model, self.tokenizer, self.layer = model, tokenizer, layer
-        self.rank, self.world = shard
-        self.hooks = hook_points(model, layer)
-        self.nn = as_nnsight(model)
-        self.stream = ContextStream(source, tokenizer, self.config, shard)
-        self.source_name, self.doc_sources = self.stream.source_name, self.stream.doc_sources
+        self._attach(model, layer)  # checks the layer before any text is read
+        self._open_stream(ContextStream(source, tokenizer, config, shard), tokenizer, layer)
+
+    @classmethod
+    def on_stream(cls, model, stream: ContextStream, layer: int, tokenizer) -> TranscoderActivationsStore:
+        """A store on a stream already built (and perhaps read ahead) from the same source and config."""
+        store = cls.__new__(cls)
+        store._attach(model, layer)
+        store._open_stream(stream, tokenizer, layer)
+        return store
+
+    def _attach(self, model, layer: int) -> None:
+        self.model, self.hooks, self.nn = model, hook_points(model, layer), as_nnsight(model)
+
+    def _open_stream(self, stream: ContextStream, tokenizer, layer: int) -> None:
+        """The model-free half of the store: its contexts, their order and the stream position (a store that
+        reads its activations elsewhere, `kit.lm.cached_store`, builds only this)."""
+        self.config, self.tokenizer, self.layer, self.stream = stream.config, tokenizer, layer, stream
+        self.rank, self.world = stream.rank, stream.world
+        self.source_name, self.doc_sources = stream.source_name, stream.doc_sources
         self._chunk, self._pos, self._buffer, self._acts = self.config.mix_refills - 2, 0, None, {}
 
     # ---- contexts ------------------------------------------------------------------------------------------
