@@ -14,7 +14,7 @@ from kit.collect.final_pass import InputCache, final_pass_many, latent_table, sa
 from kit.collect.merge import merge_distributed
 from kit.collect.samples import select, topk_retention
 from kit.config import RunConfig
-from kit.interpret.evaluate import evaluate
+from kit.interpret.evaluate import evaluate_many
 from kit.io import atomic_write, write_json
 
 
@@ -33,8 +33,8 @@ def finish_many(trainers, configs: list[RunConfig], outs: list[Path], seconds: f
     if rank == 0:
         for tc, out in zip(tcs, outs):
             tc.save(out / "transcoder")
-    metrics = [evaluate(tc, store, c.eval_contexts, t.dead_fraction, across_ranks=True)
-               for tc, c, t in zip(tcs, configs, trainers)]
+    metrics = evaluate_many(tcs, store, configs[0].eval_contexts, [t.dead_fraction for t in trainers],
+                            across_ranks=True)  # the clean and ablated passes run once for every point
     cache = InputCache(store)  # the final pass keeps the inputs, so the windows are re-scored without the LM
     phases = [{"training": t.collector} for t in trainers]
     step = trainers[0].step

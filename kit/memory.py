@@ -162,8 +162,9 @@ def _rows(config, s: ModelShape, points: list) -> list[Row]:
             "batch x (4L + 2D) x 4 B: pre-acts, acts, AuxK copy, their grad; x and y"),
         Row("collectors" + of, slot_bytes, "3 x L x slots x 20 B (value, id, step): training, final, held-out"),
         Row("final-pass input cache", int(_input_cache_bytes()), "kit.collect.final_pass.InputCache max_bytes"),
-        Row("evaluation peak", eval_peak_bytes(s, B, T, m, L),
-            f"lm_forward + 40*B*T*D + 12*C*L + 16*C*V, C = {CHUNK_TOKENS}"),
+        Row("evaluation peak", eval_peak_bytes(s, B, T, m, L) + 4 * B * T * D * (len(points) - 1),
+            f"lm_forward + 40*B*T*D + 12*C*L + 16*C*V, C = {CHUNK_TOKENS}"
+            + (", + 4*B*T*D per extra transcoder" if len(points) > 1 else "")),
     ]
 
 

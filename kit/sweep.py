@@ -107,6 +107,11 @@ def run_sweep(base: RunConfig, grid: dict[str, list[str]], out, resume: bool = F
         if any(p.trainer is not None and p.trainer.step < base.train.steps for p in todo):
             return None  # interrupted on purpose (stop_at): the checkpoints hold everything
     table = sweep_table(out) if rank == 0 else None
+    if rank == 0 and report:
+        from kit.report.sweep import write_sweep_report
+        md, html = write_sweep_report(out)
+        if progress:
+            print(f"sweep page: {html} ({md.name} beside it)", flush=True)
     distributed.barrier()
     return table
 

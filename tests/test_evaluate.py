@@ -54,6 +54,21 @@ def test_zero_transcoder_equals_zero_ablation_and_metrics_are_consistent(store):
     assert m["explained_variance"] == pytest.approx(1 - m["fvu"])
 
 
+def test_evaluate_many_equals_evaluating_each(store):
+    """A sweep's evaluation shares the clean and ablated passes: every metric equals evaluating alone."""
+    from kit.interpret.evaluate import evaluate_many
+    torch.manual_seed(3)
+    tcs = [Transcoder(TranscoderConfig(d_in=576, d_out=576, d_latent=64 * (i + 1), activation="topk", k=4 + i))
+           for i in range(2)]
+    many = evaluate_many(tcs, store, dead_fracs=[0.25, 0.5], chunk_tokens=37)
+    for tc, m, dead in zip(tcs, many, [0.25, 0.5]):
+        alone = evaluate(tc, store, dead_frac=dead, chunk_tokens=37)
+        assert m.keys() == alone.keys()
+        for key, value in alone.items():
+            assert m[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert many[0]["l0"] != many[1]["l0"], "each transcoder's own metrics, not the first one's"
+
+
 def test_mean_transcoder_has_fvu_one_and_equals_mean_ablation(store):
     tc = Transcoder(TranscoderConfig(d_in=576, d_out=576, d_latent=64, activation="topk", k=4))
     x, y, mask = store.activations_for_contexts(store.holdout_indices)

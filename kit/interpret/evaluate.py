@@ -96,23 +96,25 @@ def splice_losses(model, hooks: HookPoints, tokens_NT, mask_NT, replacements, lm
 
 
 @torch.no_grad()
-def activation_sums(transcoder, store, indices, chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
-    """float64 [4 + D + L]: Σ‖y − ŷ‖², Σ‖y‖², N, Σ L0, then Σy (D) and each latent's firing count (L)."""
-    dev, D, L = transcoder.W_dec.device, transcoder.cfg.d_out, transcoder.cfg.d_latent
-    sums = torch.zeros(4 + D + L, dtype=torch.float64, device=dev)
+def activation_sums(transcoders, store, indices, chunk_tokens: int = CHUNK_TOKENS) -> list[torch.Tensor]:
+    """Per transcoder, float64 [4 + D + L]: Σ‖y − ŷ‖², Σ‖y‖², N, Σ L0, then Σy (D) and each latent's firing
+    count (L); the language model reads each context once for all of them."""
+    sums = [torch.zeros(4 + tc.cfg.d_out + tc.cfg.d_latent, dtype=torch.float64, device=tc.W_dec.device)
+            for tc in transcoders]
     for start in range(0, len(indices), store.config.lm_batch):
         x, y, mask = store.activations_for_contexts(indices[start:start + store.config.lm_batch])
         for x_CD, y_CD in zip(x[mask].split(chunk_tokens), y[mask].split(chunk_tokens)):
-            out = transcoder(x_CD.to(dev, transcoder.W_dec.dtype))
-            y_CD, fired_CL = y_CD.to(dev).double(), out.acts > 0
-            sums[:4] += torch.stack([(y_CD - out.y_hat.double()).square().sum(), y_CD.square().sum(),
-                                     y_CD.new_tensor(float(len(y_CD))), fired_CL.sum().double()])
-            sums[4:4 + D] += y_CD.sum(0)
-            sums[4 + D:] += fired_CL.sum(0)
+            for tc, sums_S in zip(transcoders, sums):
+                dev, D = tc.W_dec.device, tc.cfg.d_out
+                out = tc(x_CD.to(dev, tc.W_dec.dtype))
+                y64_CD, fired_CL = y_CD.to(dev).double(), out.acts > 0
+                sums_S[:4] += torch.stack([(y64_CD - out.y_hat.double()).square().sum(), y64_CD.square().sum(),
+                                           y64_CD.new_tensor(float(len(y64_CD))), fired_CL.sum().double()])
+                sums_S[4:4 + D] += y64_CD.sum(0)
+                sums_S[4 + D:] += fired_CL.sum(0)
     return sums
 
 
-@torch.no_grad()
 def evaluate(transcoder, store, n_contexts: int | None = None, dead_frac: float | None = None, *,
              indices=None, chunk_tokens: int = CHUNK_TOKENS, across_ranks: bool = False) -> dict:
     """All final metrics on held-out contexts (definitions and memory bound: the module docstring).
@@ -120,6 +122,16 @@ def evaluate(transcoder, store, n_contexts: int | None = None, dead_frac: float 
     `indices` defaults to the first `n_contexts` held-out contexts. With `across_ranks`, every rank must call
     this with the same contexts: each evaluates every world-th one and the sums are all-reduced.
     """
+    return evaluate_many([transcoder], store, n_contexts, [dead_frac], indices=indices, chunk_tokens=chunk_tokens,
+                         across_ranks=across_ranks)[0]
+
+
+@torch.no_grad()
+def evaluate_many(transcoders, store, n_contexts: int | None = None, dead_fracs=None, *, indices=None,
+                  chunk_tokens: int = CHUNK_TOKENS, across_ranks: bool = False) -> list[dict]:
+    """`evaluate` for several transcoders of one store (a sweep): the clean, zero- and mean-ablated passes run
+    once for all of them, and each transcoder adds one spliced pass. The peak grows by one [N, D] tensor of
+    final hidden states per extra transcoder (N: one lm_batch's scored positions)."""
     idx = list(store.holdout_indices[:n_contexts] if indices is None else indices)
     if not idx:
         raise ValueError("no contexts to evaluate: the store has no held-out contexts (set holdout_contexts > 0)")
@@ -127,15 +139,21 @@ def evaluate(transcoder, store, n_contexts: int | None = None, dead_frac: float 
     if across_ranks:
         rank, world = distributed.rank_world()
         idx = idx[rank::world]
-    D, dev = transcoder.cfg.d_out, transcoder.W_dec.device
-    act = reduce(activation_sums(transcoder, store, idx, chunk_tokens))
-    mean_y = (act[4:4 + D] / act[2]).float()  # the mean ablation needs every rank's tokens first
+    acts = [reduce(a) for a in activation_sums(transcoders, store, idx, chunk_tokens)]
+    D = transcoders[0].cfg.d_out
+    mean_y = (acts[0][4:4 + D] / acts[0][2]).float()  # the mean ablation needs every rank's tokens first
     tokens, mask = _tokens(store, idx, store.config.ctx_len)
+    spliced = {f"spliced{i}": _splice(tc) for i, tc in enumerate(transcoders)}
     ce = reduce(splice_sums(store.model, store.hooks, tokens, mask, {
-        "clean": None, "spliced": lambda v: transcoder(v.to(dev, transcoder.W_dec.dtype)).y_hat,
-        "zero": lambda v: torch.zeros_like(v), "mean": lambda v: mean_y.to(v).expand(len(v), -1)},
-        store.config.lm_batch, chunk_tokens).to(dev))
-    return _metrics(act, ce, D, dead_frac)
+        "clean": None, "zero": lambda v: torch.zeros_like(v), "mean": lambda v: mean_y.to(v).expand(len(v), -1),
+        **spliced}, store.config.lm_batch, chunk_tokens))
+    dead_fracs = dead_fracs or [None] * len(transcoders)
+    return [_metrics(a, ce[[0, 3 + i, 1, 2]].to(a.device), D, d)  # rows in REPLACEMENTS order
+            for i, (a, d) in enumerate(zip(acts, dead_fracs))]
+
+
+def _splice(tc):
+    return lambda v: tc(v.to(tc.W_dec.device, tc.W_dec.dtype)).y_hat
 
 
 def _metrics(act: torch.Tensor, ce_R3: torch.Tensor, D: int, dead_frac) -> dict:

@@ -1,5 +1,6 @@
 """Looking at latents: pure HTML renderers (`widgets`: token highlights, sample cards), plotly figures that still
-show in a static export (`figures`), and the ipywidgets explorer (`latent_explorer`).
+show in a static export (`figures`, and a sweep's frontier in `frontier`), and the ipywidgets explorer
+(`latent_explorer`).
 
 May import everything up to `kit.interpret`. Names load on first use, so `import kit.view` stays light.
 """
@@ -9,7 +10,7 @@ from importlib import import_module
 _EXPORTS = {"token_highlight": "widgets", "sample_card": "widgets", "explorer": "latent_explorer",
             "Explorer": "latent_explorer",
             "activation_histogram": "figures", "domain_heatmap": "figures", "domain_profile_bar": "figures",
-            "setup_plotly": "figures", "show": "figures"}
+            "setup_plotly": "figures", "show": "figures", "frontier_figures": "frontier"}
 
 
 def __getattr__(name):
