@@ -94,3 +94,29 @@ def test_history_columns(tmp_path):
     assert [int(r["step"]) for r in rows] == [4, 8]
     assert set(rows[0]) == {"step", "tokens", "lr", "loss", "fvu", "l0", "dead_frac", "tokens_per_s"}
     assert float(rows[0]["l0"]) <= 4
+
+
+def test_latents_joining_auxk_get_fresh_adam_moments():
+    """With auxk_reset_adam, a latent's Adam moments are zeroed on the step it joins AuxK's set (and only
+    then): the other latents keep theirs, and AuxK's next update of it is not shrunk by its old second moment."""
+    t = make(steps=12, auxk_reset_adam=True, auxk_window=64)
+    joined = []
+    for step in range(12):
+        before = t.since_fired >= 64
+        batch = t.store.get_batch_with_tokens()
+        t.train_step(batch.x_in, batch.y_out, step)
+        t.step += 1
+        new = (t.since_fired >= 64) & ~before
+        v = t.optimizer.state[t.tc.W_enc]["exp_avg_sq"]
+        if new.any():
+            joined.append(step)
+            assert (v[:, new] == 0).all() and (t.optimizer.state[t.tc.W_dec]["exp_avg"][new] == 0).all()
+            assert (t.optimizer.state[t.tc.b_enc]["exp_avg_sq"][new] == 0).all()
+            assert (v[:, ~(t.since_fired >= 64)] != 0).any(), "alive latents keep their moments"
+    assert joined, "some latent must join AuxK's set in this run (the test would check nothing)"
+    off = make(steps=12, auxk_reset_adam=False, auxk_window=64)
+    for step in range(12):
+        batch = off.store.get_batch_with_tokens()
+        off.train_step(batch.x_in, batch.y_out, step)
+    assert (off.optimizer.state[off.tc.W_enc]["exp_avg_sq"] != 0).all(0).float().mean() > \
+        (t.optimizer.state[t.tc.W_enc]["exp_avg_sq"] != 0).all(0).float().mean()

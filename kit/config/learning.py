@@ -94,6 +94,10 @@ class TrainConfig:
     """Dead latents AuxK may use per token."""
     auxk_window: int | None = None
     """AuxK trains the latents that have not fired for this many tokens; None means dead_window."""
+    auxk_reset_adam: bool = False
+    """Zero a latent's Adam moments (its encoder column, bias and decoder row) when it joins AuxK's set: its
+    second moment still remembers the large gradients it had while alive (beta2 = 0.999 remembers ~1,000 steps),
+    which would scale AuxK's small gradients down to almost no update."""
     auxk_max_latents: int = 1024
     """AuxK trains at most this many of them a step (those with the largest pre-activation in the batch), so its
     cost stays bounded when many are dead."""

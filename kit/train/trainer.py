@@ -202,9 +202,24 @@ class Trainer:
     # ---- bookkeeping -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _track_dead(self, out, n_tokens: int) -> None:
+        window = self.cfg.auxk_window or self.cfg.dead_window
+        before = self.since_fired >= window
         fired = distributed.any_rank((out.acts > 0).any(0))
         self.since_fired += n_tokens * distributed.rank_world()[1]
         self.since_fired[fired] = 0
+        if self.cfg.auxk_reset_adam and self.cfg.auxk_coeff > 0 and self.tc.cfg.activation in ("topk", "batchtopk"):
+            self._reset_moments((self.since_fired >= window) & ~before)
+
+    @torch.no_grad()
+    def _reset_moments(self, new_L: torch.Tensor) -> None:
+        """Zero the Adam moments of latents `new_L` (bool [L]): encoder column, encoder bias and decoder row."""
+        if not new_L.any():
+            return
+        for param, dim in ((self.tc.W_enc, 1), (self.tc.b_enc, 0), (self.tc.W_dec, 0)):
+            state = self.optimizer.state.get(param, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key].index_fill_(dim, new_L.nonzero()[:, 0], 0)
 
     @staticmethod
     def _acts_for_collector(out):
