@@ -146,7 +146,6 @@ def _train(todo: list[Point], base: RunConfig, resume: bool, device, progress: b
                                      if p.last))
         if not live:
             break
-    todo[:] = live
     if live and live[0].trainer.step >= base.train.steps:
         for p in live:
             merge_distributed(p.trainer.collector)

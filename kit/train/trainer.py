@@ -203,11 +203,12 @@ class Trainer:
     @torch.no_grad()
     def _track_dead(self, out, n_tokens: int) -> None:
         window = self.cfg.auxk_window or self.cfg.dead_window
-        before = self.since_fired >= window
+        reset = self.cfg.auxk_reset_adam and self.cfg.auxk_coeff > 0 and self.tc.cfg.activation in ("topk", "batchtopk")
+        before = self.since_fired >= window if reset else None
         fired = distributed.any_rank((out.acts > 0).any(0))
         self.since_fired += n_tokens * distributed.rank_world()[1]
         self.since_fired[fired] = 0
-        if self.cfg.auxk_reset_adam and self.cfg.auxk_coeff > 0 and self.tc.cfg.activation in ("topk", "batchtopk"):
+        if reset:
             self._reset_moments((self.since_fired >= window) & ~before)
 
     @torch.no_grad()
