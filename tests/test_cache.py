@@ -87,6 +87,28 @@ def test_provenance_methods_equal_the_live_stores(written, live, embedded):
     assert store.hooks == live.hooks and store.source_name == live.source_name
 
 
+def test_final_pass_activations_come_from_the_shards(written, live, embedded):
+    """Cached training contexts are read from their shards (no model), equal to the live model's on every trained
+    token and zero on BOS; a held-out context in the same call runs the model and equals the live store's."""
+    store = cached(written, embedded)
+    live.load_state_dict(store.state_dict())
+    for _ in range(TOKENS // TINY.store.batch_size):
+        store.get_batch_with_tokens()
+    train = sorted(store.consumed())[::3]
+    assert len(train) >= 8
+    x, y, mask = store.activations_for_contexts(train)
+    assert not store.model_loaded, "the final pass over cached contexts loaded the model"
+    lx, ly, lmask = live.activations_for_contexts(train)
+    assert torch.equal(mask, lmask) and (~mask).any() and mask.any()
+    assert torch.equal(x[mask], lx[mask]) and torch.equal(y[mask], ly[mask])
+    assert not x[~mask].any() and not y[~mask].any()
+    held = store.holdout_indices[1]
+    mx = store.activations_for_contexts([train[0], held, train[-1]])[0]
+    assert store.model_loaded
+    assert torch.equal(mx[0], x[0]) and torch.equal(mx[2], x[-1])
+    assert torch.equal(mx[1], live.activations_for_contexts([held])[0][0]), "held out: the model, run as the live store"
+
+
 def test_bounded_memory_whatever_the_cache_size(written, embedded):
     """Resident: at most mix_refills refills, and the chunk being handed out, cut from those refills only (the
     first chunk is the largest, about (mix_refills + 1) / 2 refills); nothing grows with the number of shards."""

@@ -5,8 +5,10 @@ chunks, the shuffle) is rebuilt from the manifest's source with the tokenizer al
 `consumed()` and every provenance method are the live store's, bit for bit when the storage dtype is the store's.
 Each shard's stored layout is checked against the rebuilt stream (a changed text source is refused). At most
 `mix_refills` refills are resident, read from the memory-mapped safetensors file when a chunk first needs them.
-The language model is loaded only when something runs it (`activations_for_contexts`, `model`, `nn`: evaluation
-and the final pass after training), with one printed line; training from the cache never loads it.
+`activations_for_contexts` reads the trained tokens of cached training contexts from the shards too (the values
+training saw; zeros on BOS and padding, which no sample window shows), so the final pass needs no model. The language
+model is loaded only when something runs it (held-out contexts, uncached ones, `model`, `nn`: evaluation), with one
+printed line; training from the cache never loads it.
 """
 from __future__ import annotations
 
@@ -78,12 +80,13 @@ class CachedActivationsStore(TranscoderActivationsStore):
 
     @property
     def model(self):
-        """The language model, loaded on first use (evaluation, final pass); training never needs it."""
+        """The language model, loaded on first use (held-out text: evaluation, the held-out top-k); training and the
+        final pass over training contexts never need it."""
         if self._model is None:
             from kit.lm.models import load_model
             m = self.manifest
             print(f"loading the language model {m['model']} ({m['model_dtype']}) on {self._device}: the cache holds "
-                  "training activations only, evaluation and the final pass run the model", flush=True)
+                  "training activations only, evaluation runs the model on held-out text", flush=True)
             self._model, _ = load_model(m["model"], dtype=getattr(torch, m["model_dtype"]), device=self._device)
         return self._model
 
@@ -117,6 +120,50 @@ class CachedActivationsStore(TranscoderActivationsStore):
                 # pages in at random
                 self._acts[r] = tuple(_owned(f.get_tensor(k)).to(self._device, dtype) for k in ("x_in", "y_out"))
         return self._acts[r]
+
+    @torch.inference_mode()
+    def activations_for_contexts(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(x_NTD, y_NTD, mask_NT)` as the live store gives them on every trained token; a cached training context is
+        read from its shard (only its own rows), any other context (held out, past the cache) runs the model."""
+        indices = [int(i) for i in indices]
+        _, mask = self.tokens_for_contexts(indices)
+        where = self._context_rows()
+        miss = [n for n, i in enumerate(indices) if i not in where]
+        if len(miss) == len(indices):
+            return super().activations_for_contexts(indices)
+        dtype, (N, T) = getattr(torch, self.config.dtype), mask.shape
+        x = torch.zeros(N, T, self.d_in, dtype=dtype, device=self._device)
+        y = torch.zeros(N, T, self.d_out, dtype=dtype, device=self._device)
+        if miss:
+            x[miss], y[miss], _ = super().activations_for_contexts([indices[n] for n in miss])
+        by_refill: dict[int, list[int]] = {}
+        for n, i in enumerate(indices):
+            if i in where:
+                by_refill.setdefault(where[i][0], []).append(n)
+        from safetensors import safe_open
+        for r, rows in by_refill.items():
+            with safe_open(self.path / self._shards[r]["file"], framework="pt") as f:
+                for out, name in ((x, "x_in"), (y, "y_out")):
+                    part = f.get_slice(name)
+                    for n in rows:
+                        start = where[indices[n]][1]
+                        out[n, mask[n]] = part[start:start + int(mask[n].sum())].to(self._device, dtype)
+        return x, y, mask
+
+    def _context_rows(self) -> dict[int, tuple[int, int]]:
+        """{training context index: (refill, first row of its trained tokens in that refill's shard)} over every
+        cached refill of this rank (built once; a context a wrapped stream repeats keeps its first refill)."""
+        if getattr(self, "_rows", None) is None:
+            self._rows = {}
+            for r in sorted(self._shards):
+                row = 0
+                for i in self.stream.refill_contexts(r):
+                    self._rows.setdefault(i, (r, row))
+                    row += int(self.context_at(i).trained_mask().sum())
+                if row != self._shards[r]["rows"]:
+                    raise ValueError(f"cache {self.path}: {self._shards[r]['file']} holds {self._shards[r]['rows']:,} "
+                                     f"rows and the text source gives {row:,} for refill {r}: write the cache again")
+        return self._rows
 
     def resident_bytes(self) -> int:
         """Bytes of activations held now: the resident refills (at most mix_refills) and the current chunk."""
