@@ -11,6 +11,9 @@
     against the same train step on one batch already in memory (no store), the preset's transcoder shapes (cpu:
     9,216 TopK latents, k = 32, batch 4,096, d = 576), steps interleaved so machine noise hits both.
 (c) Disk bytes per token of a cache in each storage dtype: the shard files written, over the tokens they hold.
+(d) The final pass's reads: `CachedActivationsStore.activations_for_contexts` (each context's rows sliced out of its
+    shard) against the live store's (the language model) on the same trained contexts, in lm_batch chunks, the two
+    interleaved chunk by chunk; a speed-up (live time / cached time), and whether they agree on every trained token.
 
 `run(args)` returns the numbers as a dict (a sweep benchmark calls it); `main()` prints them.
 """
@@ -30,6 +33,7 @@ from kit.lm.cache import bytes_per_token, read_manifest
 from kit.lm.cache_writer import write_cache
 from kit.lm.cached_store import CachedActivationsStore
 from kit.lm.models import load_model
+from kit.lm.store import TranscoderActivationsStore
 from kit.lm.stream import ContextStream
 from kit.model.transcoder import Transcoder
 from kit.presets import get_preset
@@ -109,6 +113,26 @@ def bench_train(config, cache: Path, steps: int) -> dict:
             "resident_mib": store.resident_bytes() / 2**20}
 
 
+def bench_final_reads(config, model, tok, cache: Path) -> dict:
+    """(d): the final pass's activations of the cached training contexts, from the shards against the model."""
+    cached = CachedActivationsStore(cache, config.store, tokenizer=tok)
+    live = TranscoderActivationsStore(model, config.source, config.layer, tokenizer=tok, config=config.store)
+    contexts = sorted(i for r in cached._shards for i in cached.stream.refill_contexts(r))
+    clock, worst, tokens = {"cached": 0.0, "live": 0.0}, 0.0, 0
+    for start in range(0, len(contexts), config.store.lm_batch):
+        part = contexts[start:start + config.store.lm_batch]
+        t0 = time.perf_counter()
+        x, _, mask = cached.activations_for_contexts(part)
+        t1 = time.perf_counter()
+        lx, _, _ = live.activations_for_contexts(part)
+        clock["cached"] += t1 - t0
+        clock["live"] += time.perf_counter() - t1
+        worst, tokens = max(worst, (x[mask] - lx[mask]).abs().max().item()), tokens + int(mask.sum())
+    return {"contexts": len(contexts), "tokens": tokens, "cached_tps": tokens / clock["cached"],
+            "live_tps": tokens / clock["live"], "speedup": clock["live"] / clock["cached"], "max_abs_diff": worst,
+            "model_loaded": cached.model_loaded}
+
+
 def bench_disk(config, model, tok, tmp: Path) -> dict:
     """(c): bytes per token of one small refill written in each storage dtype."""
     small = config.override(["store.refill_contexts=8", "store.mix_refills=1"])
@@ -123,7 +147,7 @@ def bench_disk(config, model, tok, tmp: Path) -> dict:
 
 
 def run(args) -> dict:
-    """All three benchmarks; the results as a dict."""
+    """All four benchmarks; the results as a dict."""
     base = get_preset(args.preset)
     config = base.override([f"store.refill_contexts={args.refill_contexts}",
                             f"store.shuffle_contexts={max(args.refill_contexts, 64)}"])
@@ -134,9 +158,11 @@ def run(args) -> dict:
         write = bench_write(config, model, tok, tmp, tokens, args.repeats)
         train = bench_train(config, tmp / "warm", args.steps)
         disk = bench_disk(config, model, tok, tmp)
+        reads = bench_final_reads(config, model, tok, tmp / "warm")
         shards = len(read_manifest(tmp / "warm")["shards"])
     return {"preset": args.preset, "threads": torch.get_num_threads(), "autocast": config.store.autocast,
             "refill_contexts": args.refill_contexts, "shards": shards, "write": write, "train": train, "disk": disk,
+            "final_reads": reads,
             "latents": config.latents.d_latent, "k": config.latents.k, "batch": config.store.batch_size}
 
 
@@ -159,6 +185,11 @@ def main(argv=None) -> dict:
           "(goal >= 0.8x)")
     print("(c) disk bytes per token: " + ", ".join(f"{d} {v['measured']:,.0f} (formula {v['formula']:,})"
                                                      for d, v in r["disk"].items()))
+    f = r["final_reads"]
+    print(f"(d) the final pass's reads, {f['contexts']:,} trained contexts ({f['tokens']:,} tokens; model loaded by "
+          f"the cached store: {f['model_loaded']}; largest difference {f['max_abs_diff']:.2g}):")
+    print(f"    live store (the language model)  : {f['live_tps']:8.0f} tokens/s")
+    print(f"    cached store (shard slices)      : {f['cached_tps']:8.0f} tokens/s   speed-up {f['speedup']:.1f}x")
     if args.json:
         args.json.write_text(json.dumps(r, indent=2))
     return r
