@@ -33,6 +33,9 @@ def finish_many(trainers, configs: list[RunConfig], outs: list[Path], seconds: f
     if rank == 0:
         for tc, out in zip(tcs, outs):
             tc.save(out / "transcoder")
+    if show:
+        print(f"evaluating {len(tcs)} transcoder(s) on {configs[0].eval_contexts} held-out contexts (clean, ablated "
+              f"and {len(tcs)} spliced pass(es) of the language model)", flush=True)
     metrics = evaluate_many(tcs, store, configs[0].eval_contexts, [t.dead_fraction for t in trainers],
                             across_ranks=True)  # the clean and ablated passes run once for every point
     cache = InputCache(store)  # the final pass keeps the inputs, so the windows are re-scored without the LM
