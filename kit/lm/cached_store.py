@@ -44,6 +44,7 @@ class CachedActivationsStore(TranscoderActivationsStore):
         check_shards(self.path, m, shard[0])
         self._model, self._device = model, str(device)
         self._shards = {e["refill"]: e for e in m["shards"] if e["rank"] == shard[0]}
+        self._rows: dict[int, tuple[int, int]] | None = None  # see _context_rows
         self._open_stream(ContextStream(m["source"], tokenizer, config, shard), tokenizer, m["layer"])
 
     def _reader_config(self, config: StoreConfig | None, options: dict) -> StoreConfig:
@@ -136,7 +137,7 @@ class CachedActivationsStore(TranscoderActivationsStore):
         y = torch.zeros(N, T, self.d_out, dtype=dtype, device=self._device)
         if miss:
             x[miss], y[miss], _ = super().activations_for_contexts([indices[n] for n in miss])
-        by_refill: dict[int, list[int]] = {}
+        counts, by_refill = mask.sum(1).tolist(), {}
         for n, i in enumerate(indices):
             if i in where:
                 by_refill.setdefault(where[i][0], []).append(n)
@@ -147,13 +148,13 @@ class CachedActivationsStore(TranscoderActivationsStore):
                     part = f.get_slice(name)
                     for n in rows:
                         start = where[indices[n]][1]
-                        out[n, mask[n]] = part[start:start + int(mask[n].sum())].to(self._device, dtype)
+                        out[n, mask[n]] = part[start:start + counts[n]].to(self._device, dtype)
         return x, y, mask
 
     def _context_rows(self) -> dict[int, tuple[int, int]]:
         """{training context index: (refill, first row of its trained tokens in that refill's shard)} over every
         cached refill of this rank (built once; a context a wrapped stream repeats keeps its first refill)."""
-        if getattr(self, "_rows", None) is None:
+        if self._rows is None:
             self._rows = {}
             for r in sorted(self._shards):
                 row = 0
