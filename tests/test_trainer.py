@@ -120,3 +120,31 @@ def test_latents_joining_auxk_get_fresh_adam_moments():
         off.train_step(batch.x_in, batch.y_out, step)
     assert (off.optimizer.state[off.tc.W_enc]["exp_avg_sq"] != 0).all(0).float().mean() > \
         (t.optimizer.state[t.tc.W_enc]["exp_avg_sq"] != 0).all(0).float().mean()
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_export_folds_the_input_shift_and_scales(skip):
+    """The exported transcoder on raw x equals the trained one on the centred, scaled x (then unscaled), for a
+    store whose inputs carry a large mean offset; center_input=False keeps a zero shift."""
+    torch.manual_seed(0)
+    tc = Transcoder(TranscoderConfig(d_in=64, d_out=48, d_latent=256, activation="topk", k=4, skip=skip))
+    cfg = TrainConfig(steps=6, lr=3e-3, log_every=3, dead_window=2048)
+    store = PlantedDictionaryStore(d_out=48, seed=1)
+    offset = 3 * torch.randn(64)
+    t = Trainer(tc, store, cfg)
+    for step in range(6):
+        b = store.get_batch_with_tokens()
+        t.train_step(b.x_in + offset, b.y_out, step)
+    x = store.get_batch_with_tokens().x_in + offset
+    mean = (store.codes(0) @ store.A + offset).mean(0).double()
+    assert torch.allclose(t.shift, mean * t.scales[0], rtol=1e-6), "shift = the first batch's scaled mean"
+    with torch.no_grad():
+        inner = t.tc(x * float(t.scales[0]) - t.shift.float())
+        out = t.export()(x)
+    assert torch.equal(out.top_idx, inner.top_idx)
+    assert torch.allclose(out.y_hat, inner.y_hat / float(t.scales[1]), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(out.top_vals, inner.top_vals, atol=1e-4, rtol=1e-4)
+    off = Trainer(Transcoder(tc.cfg), PlantedDictionaryStore(d_out=48), TrainConfig(steps=1, center_input=False))
+    b = off.store.get_batch_with_tokens()
+    off.train_step(b.x_in + offset, b.y_out, 0)
+    assert not off.shift.any()

@@ -104,6 +104,10 @@ class TrainConfig:
     cost stays bounded when many are dead."""
     dead_window: int = 1_000_000
     """A latent that has not fired for this many tokens is dead (the dead fraction of the logs and metrics)."""
+    center_input: bool = False
+    """Train on centred inputs, x - mean(x) (the mean of the first batch, folded into b_enc on export). Without it
+    the mean of SmolLM2's layer-8 MLP input (~45% of a token's norm) dominates every pre-activation: the encoder
+    columns turn against it and latents whose random direction starts against it never fire (BENCHMARKS.md)."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
     checkpoint_every: int = 100

@@ -137,6 +137,17 @@ class Transcoder(nn.Module):
             self.W_skip.mul_(x_scale / y_scale)
 
     @torch.no_grad()
+    def fold_input_shift_(self, x_shift: torch.Tensor) -> None:
+        """Absorb an input shift: a transcoder trained on x - x_shift becomes one for x with identical pre-activations
+        and output (the encoder bias takes -x_shift @ W_enc; a skip connection's -x_shift @ W_skip goes to b_dec)."""
+        if x_shift.shape != (self.cfg.d_in,):
+            raise ValueError(f"x_shift must have shape [d_in={self.cfg.d_in}], got {tuple(x_shift.shape)}")
+        shift = x_shift.to(self.W_enc.device, torch.float64)
+        self.b_enc.sub_((shift @ self.W_enc.double()).to(self.b_enc.dtype))
+        if self.W_skip is not None:
+            self.b_dec.sub_((shift @ self.W_skip.double()).to(self.b_dec.dtype))
+
+    @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny))

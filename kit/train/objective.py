@@ -33,3 +33,15 @@ def aux_columns(pre_BL: torch.Tensor, dead_L: torch.Tensor, max_latents: int = 1
         best = pre_BL.detach()[:, cols].amax(0).topk(max_latents).indices
         cols = cols[best.sort().values]
     return cols
+
+
+@torch.no_grad()
+def reset_adam_moments(optimizer, tc, new_L: torch.Tensor) -> None:
+    """Zero the Adam moments of latents `new_L` (bool [L]): encoder column, encoder bias and decoder row."""
+    if not new_L.any():
+        return
+    for param, dim in ((tc.W_enc, 1), (tc.b_enc, 0), (tc.W_dec, 0)):
+        state = optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key].index_fill_(dim, new_L.nonzero()[:, 0], 0)

@@ -19,7 +19,7 @@ from kit.train import checkpoint, precision
 from kit.config import TrainConfig
 from kit.io import flatten, unflatten
 from kit.model.loss import fvu
-from kit.train.objective import objective
+from kit.train.objective import objective, reset_adam_moments
 from kit.train.schedule import ScheduleConfig, make_scheduler, sparsity_multiplier
 
 HISTORY_FIELDS = ["step", "tokens", "lr", "loss", "fvu", "l0", "dead_frac", "tokens_per_s"]
@@ -47,6 +47,9 @@ class Trainer:
         # SmolLM2's layer-8 MLP output is ~10x larger than its input, and unscaled the encoder needs hundreds
         # of Adam steps just to grow. `export()` folds the scales back into the weights.
         self.scales = torch.zeros(2, dtype=torch.float64)
+        # With cfg.center_input the scaled inputs are also centred (x * scale - shift, shift = the scaled mean of the
+        # first batch): see TrainConfig.center_input. `export()` folds the shift into b_enc.
+        self.shift = torch.zeros(transcoder.cfg.d_in, dtype=torch.float64)
         self.normalize = transcoder.cfg.activation != "relu"  # relu's L1 is weighted by decoder norms instead
         self.precision = precision.choose(cfg.autocast, device, transcoder.W_dec.dtype)
         if distributed.rank_world()[0] == 0:
@@ -92,7 +95,7 @@ class Trainer:
         x, y = x.to(self.tc.W_dec), y.to(self.tc.W_dec)
         if step == 0:
             self._start(x, y)
-        x, y = x * float(self.scales[0]), y * float(self.scales[1])
+        x, y = x * float(self.scales[0]) - self.shift.to(x), y * float(self.scales[1])
         if step == 0:
             self.tc.init_b_dec(y)  # start from the mean-ablation baseline of every rank's first batch
         with precision.autocast(self.precision, x.device):  # the backward runs outside, as torch.autocast asks
@@ -116,11 +119,12 @@ class Trainer:
     def _start(self, x, y) -> None:
         """Step 0: every rank takes rank 0's weights, and the scales come from all ranks' first batches."""
         distributed.broadcast_([*self.tc.parameters(), *self.tc.buffers()])
-        sums = torch.stack([x.norm(dim=1).double().sum(), y.norm(dim=1).double().sum(),
-                            torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+        sums = torch.cat([x.norm(dim=1).double().sum().reshape(1), y.norm(dim=1).double().sum().reshape(1),
+                          torch.tensor([float(len(y))], dtype=torch.float64, device=y.device), x.double().sum(0)])
         sums = distributed.reduce_across_ranks(sums, "sum").cpu()
         widths = torch.tensor([x.shape[1], y.shape[1]], dtype=torch.float64)
         self.scales = widths.sqrt() * sums[2] / sums[:2]
+        self.shift = sums[3:] / sums[2] * self.scales[0] * float(self.cfg.center_input)
 
     def _check_finite(self, loss, step: int) -> None:
         # Every rank must stop, or the others would wait for its gradients forever.
@@ -142,6 +146,7 @@ class Trainer:
         """A copy of the transcoder for raw (unscaled) activations: scales folded into the weights."""
         import copy
         tc = copy.deepcopy(self.tc)
+        tc.fold_input_shift_(self.shift)
         tc.fold_scales_(float(self.scales[0]), float(self.scales[1]))
         return tc
 
@@ -176,7 +181,7 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """`(tensors, meta)`: every piece of training state, as flat safetensors-ready tensors and JSON."""
-        tensors = {"since_fired": self.since_fired.cpu(), "scales": self.scales}
+        tensors = {"since_fired": self.since_fired.cpu(), "scales": self.scales, "shift": self.shift}
         flatten("transcoder", self.tc.state_dict(), tensors)
         opt = self.optimizer.state_dict()
         flatten("optimizer", {str(k): v for k, v in opt["state"].items()}, tensors)
@@ -194,6 +199,7 @@ class Trainer:
         self.scheduler.load_state_dict(meta["scheduler"])
         self.since_fired.copy_(tensors["since_fired"])
         self.scales = tensors["scales"].cpu()
+        self.shift = tensors.get("shift", torch.zeros_like(self.shift)).cpu()  # none before center_input existed
         if self.collector is not None:
             self.collector.load_state_dict(unflatten("collector", tensors))
         self.step = meta["step"]
@@ -209,18 +215,7 @@ class Trainer:
         self.since_fired += n_tokens * distributed.rank_world()[1]
         self.since_fired[fired] = 0
         if reset:
-            self._reset_moments((self.since_fired >= window) & ~before)
-
-    @torch.no_grad()
-    def _reset_moments(self, new_L: torch.Tensor) -> None:
-        """Zero the Adam moments of latents `new_L` (bool [L]): encoder column, encoder bias and decoder row."""
-        if not new_L.any():
-            return
-        for param, dim in ((self.tc.W_enc, 1), (self.tc.b_enc, 0), (self.tc.W_dec, 0)):
-            state = self.optimizer.state.get(param, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key].index_fill_(dim, new_L.nonzero()[:, 0], 0)
+            reset_adam_moments(self.optimizer, self.tc, (self.since_fired >= window) & ~before)
 
     @staticmethod
     def _acts_for_collector(out):
