@@ -128,7 +128,7 @@ def test_export_folds_the_input_shift_and_scales(skip):
     store whose inputs carry a large mean offset; center_input=False keeps a zero shift."""
     torch.manual_seed(0)
     tc = Transcoder(TranscoderConfig(d_in=64, d_out=48, d_latent=256, activation="topk", k=4, skip=skip))
-    cfg = TrainConfig(steps=6, lr=3e-3, log_every=3, dead_window=2048)
+    cfg = TrainConfig(steps=6, lr=3e-3, log_every=3, dead_window=2048, center_input=True)
     store = PlantedDictionaryStore(d_out=48, seed=1)
     offset = 3 * torch.randn(64)
     t = Trainer(tc, store, cfg)
