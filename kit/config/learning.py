@@ -108,6 +108,9 @@ class TrainConfig:
     """Train on centred inputs, x - mean(x) (the mean of the first batch, folded into b_enc on export). Without it
     the mean of SmolLM2's layer-8 MLP input (~45% of a token's norm) dominates every pre-activation: the encoder
     columns turn against it and latents whose random direction starts against it never fire (BENCHMARKS.md)."""
+    b_enc_lr_scale: float = 1.0
+    """The encoder bias's learning rate as a multiple of lr. Adam moves each parameter by about lr a step, so a
+    step moves a latent's pre-activation w.x by up to ~lr * |x|_1 (hundreds of lr) but its bias by only lr."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
     checkpoint_every: int = 100
@@ -126,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"steps, checkpoint_every, collect_every, log_every and k_aux must be >= 1: {self}")
         if min(self.auxk_window or 1, self.auxk_max_latents) < 1:
             raise ConfigError(f"auxk_window and auxk_max_latents must be >= 1: {self}")
+        if not self.b_enc_lr_scale > 0:
+            raise ConfigError(f"b_enc_lr_scale must be > 0, got {self.b_enc_lr_scale!r}")
         if self.dead_window < 1 or self.grad_clip <= 0 or self.sparsity_coeff < 0 or self.auxk_coeff < 0:
             raise ConfigError(f"dead_window and grad_clip must be > 0, coefficients >= 0: {self}")
         if self.autocast not in AUTOCAST:

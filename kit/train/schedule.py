@@ -94,12 +94,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer,
                    cfg: ScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR that sets lr = cfg.lr * lr_multiplier(step); call scheduler.step() after optimizer.step().
 
-    Build the optimizer with lr=cfg.lr: LambdaLR multiplies each group's initial lr.
+    Build the optimizer with lr=cfg.lr: LambdaLR multiplies each group's initial lr. A group may carry an
+    "lr_scale" key, and then its lr is cfg.lr * lr_scale.
     """
     for group in optimizer.param_groups:
-        initial = group.get("initial_lr", group["lr"])
-        if not math.isclose(initial, cfg.lr):
-            raise ValueError(f"optimizer lr {initial} differs from ScheduleConfig.lr {cfg.lr}; "
-                             "build the optimizer with lr=cfg.lr")
+        initial, want = group.get("initial_lr", group["lr"]), cfg.lr * group.get("lr_scale", 1)
+        if not math.isclose(initial, want):
+            raise ValueError(f"optimizer lr {initial} differs from ScheduleConfig.lr {cfg.lr} times the group's "
+                             f"lr_scale {group.get('lr_scale', 1)}; build the optimizer with lr=cfg.lr")
     # A partial (not a lambda) so that scheduler.state_dict() stays picklable.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_multiplier, cfg=cfg))

@@ -34,7 +34,10 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config_dict = config_dict or {}
-        self.optimizer = torch.optim.Adam(transcoder.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        params = transcoder.parameters() if cfg.b_enc_lr_scale == 1 else [  # one group each, in the same order
+            {"params": [p], "lr": cfg.lr * (scale := cfg.b_enc_lr_scale if n == "b_enc" else 1), "lr_scale": scale}
+            for n, p in transcoder.named_parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
         self.schedule = ScheduleConfig.of(cfg)
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
         device = transcoder.W_dec.device
