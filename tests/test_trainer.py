@@ -29,9 +29,9 @@ def test_recovers_planted_atoms():
     assert recovered > 0.8, f"only {recovered:.0%} of planted atoms recovered with cosine > 0.9"
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, activation):
-    extra = {"sparsity_coeff": 1e-3} if activation == "relu" else {}
+@pytest.mark.parametrize("activation, extra", [("topk", {}), ("relu", {"sparsity_coeff": 1e-3}),
+                                               ("topk", {"b_enc_lr_scale": 10.0, "center_input": True})])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, activation, extra):
     full = make(tmp_path / "full", activation, **extra)
     full.fit(progress=False)
     first = make(tmp_path / "cut", activation, **extra)
@@ -148,3 +148,21 @@ def test_export_folds_the_input_shift_and_scales(skip):
     b = off.store.get_batch_with_tokens()
     off.train_step(b.x_in + offset, b.y_out, 0)
     assert not off.shift.any()
+
+
+def test_b_enc_lr_scale_multiplies_the_bias_step_only():
+    """Adam's first step moves each parameter by ~lr * sign(grad): with b_enc_lr_scale=30 the bias moves 30x as far
+    and every other parameter exactly as far as without it; the schedule keeps the ratio."""
+    moved = {}
+    for scale in (1.0, 30.0):
+        t = make(steps=40, b_enc_lr_scale=scale)
+        before = {n: p.detach().clone() for n, p in t.tc.named_parameters()}
+        batch = t.store.get_batch_with_tokens()
+        t.train_step(batch.x_in, batch.y_out, 0)
+        moved[scale] = {n: p.detach() - before[n] for n, p in t.tc.named_parameters()}
+        lrs = t.scheduler.get_last_lr()  # one group per parameter when the scale is not 1; b_enc is the second
+        assert len(lrs) == 1 if scale == 1 else lrs[1] == pytest.approx(scale * lrs[0]), lrs
+    assert torch.allclose(moved[30.0]["b_enc"], 30 * moved[1.0]["b_enc"], rtol=1e-3, atol=1e-9)
+    assert moved[1.0]["b_enc"].abs().max() > 0
+    for name in ("W_enc", "W_dec", "b_dec"):
+        assert torch.equal(moved[30.0][name], moved[1.0][name]), name
