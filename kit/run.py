@@ -19,7 +19,7 @@ from kit.collect.merge import merge_distributed
 from kit.memory import print_plan
 from kit.corpus.records import check_source
 from kit.lm.models import check_model_name, load_model
-from kit.config import RunConfig
+from kit.config import RunConfig, config_diff
 from kit.lm.cached_store import open_cached_store
 from kit.lm.store import TranscoderActivationsStore
 from kit.train import checkpoint
@@ -101,7 +101,7 @@ def finished_metrics(config: RunConfig, out) -> dict | None:
     A finished run of another config is an error: choose another folder or delete it."""
     out = Path(out)
     if (out / "metrics.json").exists() and (out / "config.json").exists():
-        if not checkpoint.config_diff(json.loads((out / "config.json").read_text()), config.to_dict()):
+        if not config_diff(json.loads((out / "config.json").read_text()), config.to_dict()):
             return json.loads((out / "metrics.json").read_text())
         raise ValueError(f"{out} holds a finished run of another config: choose another folder or delete it")
     return None
@@ -149,7 +149,7 @@ def check_run_folder(out: Path, config: RunConfig, resume: bool) -> None:
     if not paths:
         raise FileNotFoundError(f"no checkpoint in {out}; drop --resume to start a new run")
     saved = out / "config.json"
-    diff = checkpoint.config_diff(json.loads(saved.read_text()), config.to_dict()) if saved.exists() else []
+    diff = config_diff(json.loads(saved.read_text()), config.to_dict()) if saved.exists() else []
     if diff:
         raise ValueError(f"cannot resume {out}: its config.json differs ({'; '.join(diff[:6])}); use the "
                          "original preset and options")

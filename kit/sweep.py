@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from kit import distributed
 from kit.collect.merge import merge_distributed
-from kit.config import ConfigError, RunConfig
+from kit.config import ConfigError, RunConfig, config_diff
 from kit.finish import finish_many
 from kit.io import atomic_write, write_json
 from kit.run import check_run_folder, make_trainer, open_store
@@ -180,7 +180,7 @@ def _check_sweep_folder(out: Path, base: RunConfig, grid: dict, resume: bool) ->
     if not saved.exists():
         return
     old = json.loads(saved.read_text())
-    diff = checkpoint.config_diff(old["base"], base.to_dict())
+    diff = config_diff(old["base"], base.to_dict())
     if old["grid"] != grid or diff:
         what = "; ".join(diff[:4]) if diff else f"grid {old['grid']}, now {grid}"
         raise ValueError(f"{out} holds a sweep of other settings ({what}): use its original preset, --set and "

@@ -166,3 +166,19 @@ def test_b_enc_lr_scale_multiplies_the_bias_step_only():
     assert moved[1.0]["b_enc"].abs().max() > 0
     for name in ("W_enc", "W_dec", "b_dec"):
         assert torch.equal(moved[30.0][name], moved[1.0][name]), name
+
+
+def test_a_config_saved_before_a_changed_default_counts_as_the_old_behaviour():
+    """center_input and b_enc_lr_scale came with new defaults (True, 10): a config saved without them was trained
+    uncentred at 1x, so resuming it under today's defaults is refused with the fields named, and accepted when
+    they are set back; a field added without a behaviour change (absent = default) still passes."""
+    from kit.config import RunConfig, config_diff
+    now = RunConfig(name="x").to_dict()
+    old = {**now, "train": {k: v for k, v in now["train"].items() if k not in ("center_input", "b_enc_lr_scale")}}
+    diff = config_diff(old, now)
+    assert any(d.startswith("train.center_input: checkpoint False, now True") for d in diff), diff
+    assert any(d.startswith("train.b_enc_lr_scale: checkpoint 1.0, now 10.0") for d in diff), diff
+    back = {**now, "train": {**now["train"], "center_input": False, "b_enc_lr_scale": 1.0}}
+    assert config_diff(old, back) == []
+    older = {**now, "train": {k: v for k, v in now["train"].items() if k != "auxk_reset_adam"}}
+    assert config_diff(older, now) == []

@@ -3,8 +3,8 @@ one place (`fields`). The base layer: it imports nothing else from the kit, and 
 """
 from kit.config.fields import ConfigError
 from kit.config.learning import ACTIVATIONS, TrainConfig, TranscoderConfig
-from kit.config.run_config import SECTIONS, RunConfig
+from kit.config.run_config import SECTIONS, RunConfig, config_diff
 from kit.config.sections import DENSE_RATE, LEVELS, CollectorConfig, SpecializationConfig, StoreConfig
 
 __all__ = ["ACTIVATIONS", "DENSE_RATE", "LEVELS", "SECTIONS", "CollectorConfig", "ConfigError", "RunConfig",
-           "SpecializationConfig", "StoreConfig", "TrainConfig", "TranscoderConfig"]
+           "SpecializationConfig", "StoreConfig", "TrainConfig", "TranscoderConfig", "config_diff"]

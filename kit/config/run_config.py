@@ -96,3 +96,26 @@ class RunConfig:
 
 
 __all__ = ["ConfigError", "RunConfig", "SECTIONS"]
+
+
+LEGACY = {"train": {"center_input": False, "b_enc_lr_scale": 1.0}}
+"""Fields added with a default other than the behaviour before them: a saved config that lacks one was trained the
+old way, so it counts as this value, not the new default."""
+
+
+def config_diff(saved: dict, current: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
+    """`section.field: checkpoint X, now Y` for every difference; a field the saved config lacks (it was written
+    before the field existed) counts as its LEGACY value, or else its default."""
+    if defaults is None:
+        defaults = RunConfig(name="").to_dict()
+        for section, values in LEGACY.items():
+            defaults[section] = {**defaults[section], **values}
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, defaults.get(key)), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = defaults.get(key)
+            out += config_diff(a, b, f"{prefix}{key}.", sub if isinstance(sub, dict) else {})
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
+    return out

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from kit import distributed
-from kit.config import RunConfig
+from kit.config import config_diff
 from kit.io import atomic_write, write_text
 
 KEEP = 2
@@ -215,21 +215,6 @@ def load(trainer, path: Path) -> None:
     trainer.store.load_state_dict(meta["store"][rank])
     if trainer.run_dir is not None and rank == 0:
         _truncate_history(trainer.run_dir / "history.csv", trainer.step)
-
-
-def config_diff(saved: dict, current: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
-    """`section.field: checkpoint X, now Y` for every difference; a field the saved config lacks (it was written
-    before the field existed) counts as that field's default."""
-    defaults = RunConfig(name="").to_dict() if defaults is None else defaults
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, defaults.get(key)), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            sub = defaults.get(key)
-            out += config_diff(a, b, f"{prefix}{key}.", sub if isinstance(sub, dict) else {})
-        elif a != b:
-            out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
-    return out
 
 
 def _truncate_history(path: Path, step: int) -> None:
