@@ -95,9 +95,6 @@ class RunConfig:
         return RunConfig.from_dict(d)
 
 
-__all__ = ["ConfigError", "RunConfig", "SECTIONS"]
-
-
 LEGACY = {"train": {"center_input": False, "b_enc_lr_scale": 1.0}}
 """Fields added with a default other than the behaviour before them: a saved config that lacks one was trained the
 old way, so it counts as this value, not the new default."""
@@ -119,3 +116,6 @@ def config_diff(saved: dict, current: dict, prefix: str = "", defaults: dict | N
         elif a != b:
             out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
     return out
+
+
+__all__ = ["ConfigError", "LEGACY", "RunConfig", "SECTIONS", "config_diff"]

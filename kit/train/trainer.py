@@ -53,6 +53,7 @@ class Trainer:
         # With cfg.center_input the scaled inputs are also centred (x * scale - shift, shift = the scaled mean of the
         # first batch): see TrainConfig.center_input. `export()` folds the shift into b_enc.
         self.shift = torch.zeros(transcoder.cfg.d_in, dtype=torch.float64)
+        self._shift_x = None  # shift on the inputs' device and dtype, made once (not a host copy every step)
         self.normalize = transcoder.cfg.activation != "relu"  # relu's L1 is weighted by decoder norms instead
         self.precision = precision.choose(cfg.autocast, device, transcoder.W_dec.dtype)
         if distributed.rank_world()[0] == 0:
@@ -98,7 +99,9 @@ class Trainer:
         x, y = x.to(self.tc.W_dec), y.to(self.tc.W_dec)
         if step == 0:
             self._start(x, y)
-        x, y = x * float(self.scales[0]) - self.shift.to(x), y * float(self.scales[1])
+        if self._shift_x is None:
+            self._shift_x = self.shift.to(x)
+        x, y = x * float(self.scales[0]) - self._shift_x, y * float(self.scales[1])
         if step == 0:
             self.tc.init_b_dec(y)  # start from the mean-ablation baseline of every rank's first batch
         with precision.autocast(self.precision, x.device):  # the backward runs outside, as torch.autocast asks
@@ -127,7 +130,7 @@ class Trainer:
         sums = distributed.reduce_across_ranks(sums, "sum").cpu()
         widths = torch.tensor([x.shape[1], y.shape[1]], dtype=torch.float64)
         self.scales = widths.sqrt() * sums[2] / sums[:2]
-        self.shift = sums[3:] / sums[2] * self.scales[0] * float(self.cfg.center_input)
+        self.shift, self._shift_x = sums[3:] / sums[2] * self.scales[0] * float(self.cfg.center_input), None
 
     def _check_finite(self, loss, step: int) -> None:
         # Every rank must stop, or the others would wait for its gradients forever.
@@ -202,7 +205,7 @@ class Trainer:
         self.scheduler.load_state_dict(meta["scheduler"])
         self.since_fired.copy_(tensors["since_fired"])
         self.scales = tensors["scales"].cpu()
-        self.shift = tensors.get("shift", torch.zeros_like(self.shift)).cpu()  # none before center_input existed
+        self.shift, self._shift_x = tensors.get("shift", torch.zeros_like(self.shift)).cpu(), None  # older: no shift
         if self.collector is not None:
             self.collector.load_state_dict(unflatten("collector", tensors))
         self.step = meta["step"]
